@@ -1,0 +1,100 @@
+"""Slab builders, relaxation and NVT equilibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnprefine.errors import ConfigError
+from nnprefine.reference import SnapReference
+from nnprefine.structures import (
+    SLAB_PRESETS,
+    be0001_slab,
+    be01m10_slab,
+    equilibrate_nvt,
+    fixed_mask,
+    make_slab,
+    relax_slab,
+)
+
+
+@pytest.mark.parametrize(
+    "preset, n_atoms, lateral_A",
+    [
+        ("be0001-96", 96, (4 * 2.28, 4 * 2.28)),
+        ("be0001-490", 490, (7 * 2.28, 7 * 2.28)),
+        ("be01m10-480", 480, (6 * 2.28, 5 * 3.55)),
+    ],
+)
+def test_presets_have_the_papers_counts_and_sizes(preset, n_atoms, lateral_A):
+    p = SLAB_PRESETS[preset]
+    slab = make_slab(p["surface"], p["size"], a_A=2.28, c_A=3.55, vacuum_A=p["vacuum_A"])
+    assert len(slab) == n_atoms
+    lengths = slab.cell.lengths()
+    assert lengths[0] == pytest.approx(lateral_A[0])
+    assert lengths[1] == pytest.approx(lateral_A[1])
+    assert list(slab.pbc) == [True, True, False]
+    layers = p["size"][2]
+    mask = fixed_mask(slab)
+    # Bottom two layers fixed, the rest free.
+    assert mask.sum() == 2 * n_atoms // layers
+    assert slab.positions[mask, 2].max() < slab.positions[~mask, 2].min()
+    # Vacuum on both sides along z.
+    z = slab.positions[:, 2]
+    assert z.min() == pytest.approx(p["vacuum_A"])
+    assert lengths[2] - z.max() == pytest.approx(p["vacuum_A"])
+
+
+def test_paper_small_slab_cell():
+    slab = be0001_slab(size=(4, 4, 6), a_A=2.28, c_A=3.55, vacuum_A=5.8)
+    # Paper: 9.1 x 9.1 x 20.6 Å
+    np.testing.assert_allclose(slab.cell.lengths(), [9.12, 9.12, 20.475], atol=0.15)
+    assert slab.info["provenance"][0]["step"] == "be0001_slab"
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(ConfigError, match="fixed_layers"):
+        be0001_slab(size=(2, 2, 2), fixed_layers=2)
+    with pytest.raises(ConfigError, match="even"):
+        be01m10_slab(size=(2, 3, 4))
+    with pytest.raises(ConfigError, match="unknown surface"):
+        make_slab("111", (2, 2, 2), 2.24, 3.6)
+
+
+def test_relaxation_keeps_fixed_atoms_and_reaches_fmax():
+    slab = be0001_slab(size=(3, 3, 4), vacuum_A=6.0)
+    slab.rattle(0.03, seed=4)
+    fixed_before = slab.positions[fixed_mask(slab)].copy()
+    relax_slab(slab, SnapReference(), fmax_eV_per_A=1e-3)
+    forces = slab.get_forces()  # constrained forces: zero on fixed atoms
+    assert np.linalg.norm(forces, axis=1).max() < 1e-3
+    np.testing.assert_array_equal(slab.positions[fixed_mask(slab)], fixed_before)
+    # Surface relaxation of Be(0001): the top layer moves but stays bound.
+    assert slab.info["provenance"][-1]["step"] == "relax_slab"
+
+
+def test_nvt_reaches_target_temperature():
+    slab = be0001_slab(size=(3, 3, 4), vacuum_A=6.0)
+    relax_slab(slab, SnapReference(), fmax_eV_per_A=1e-2)
+    equilibrate_nvt(
+        slab,
+        SnapReference(),
+        temperature_K=300.0,
+        duration_fs=300.0,
+        timestep_fs=1.0,
+        seed=7,
+        thermostat="langevin",
+        damping_fs=20.0,
+    )
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    # Continue without thermostat: an equilibrated state keeps its temperature on average.
+    temps = []
+    dyn = VelocityVerlet(slab, 1.0 * units.fs)
+    dyn.attach(lambda: temps.append(slab.get_temperature()), interval=5)
+    dyn.run(150)
+    # 54 free atoms: the instantaneous temperature fluctuates by ~sqrt(2/(3N)) ≈ 11 %.
+    assert 300.0 * 0.75 < np.mean(temps) < 300.0 * 1.25
+    assert np.all(slab.get_velocities()[fixed_mask(slab)] == 0.0)
+    assert slab.info["provenance"][-1]["seed"] == 7
