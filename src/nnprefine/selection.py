@@ -1,0 +1,114 @@
+"""Which exploration frames go to the reference: thresholds, trust level, caps, spreading.
+
+Pure functions on arrays of per-frame committee disagreement. The refinement loop
+(:mod:`nnprefine.refine`) gathers the arrays from its exploration trajectories and
+labels what :func:`select_frames` returns.
+
+Rules, in order:
+
+1. A frame is *over threshold* when its energy disagreement exceeds the energy
+   threshold or its force disagreement exceeds the force threshold (the paper's
+   criterion). NaN disagreement counts as over threshold (the model is lost there).
+2. A frame is *untrusted* when its force disagreement exceeds the upper trust level or is
+   NaN: the model has left any region it knows, and such frames are not selected (DP-GEN's
+   ``trust_hi``). Frames just before a trajectory was halted there are flagged by the
+   caller (``before_halt``) and go first: they are the most valuable candidates.
+3. Candidates are over-threshold, trusted frames. When there are none and ``adaptive_count``
+   > 0, the ``adaptive_count`` trusted frames of largest disagreement are taken instead.
+4. Candidates are ranked (``before_halt`` first, then by disagreement relative to the
+   thresholds) and accepted greedily, skipping a frame closer than
+   ``min_separation_fs`` in time to one already accepted from the same trajectory
+   (adjacent frames are near-duplicates), until ``max_selected`` are accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Selection", "select_frames"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What :func:`select_frames` decided, frame by frame (index arrays into the inputs)."""
+
+    selected: np.ndarray  # (n_selected,) int, in acceptance order
+    over_threshold: np.ndarray  # (n_frames,) bool
+    untrusted: np.ndarray  # (n_frames,) bool
+    candidates: np.ndarray  # (n_candidates,) int
+    adaptive: bool  # True when thresholds picked nothing and the adaptive rule was used
+
+    @property
+    def fraction_over_threshold(self) -> float:
+        n = len(self.over_threshold)
+        return float(self.over_threshold.sum() / n) if n else 0.0
+
+
+def select_frames(
+    trajectory: np.ndarray,
+    time_fs: np.ndarray,
+    energy_disagreement_eV_per_atom: np.ndarray,
+    force_disagreement_eV_per_A: np.ndarray,
+    *,
+    energy_threshold_eV_per_atom: float,
+    force_threshold_eV_per_A: float,
+    upper_trust_force_eV_per_A: float = np.inf,
+    max_selected: int = 200,
+    min_separation_fs: float = 0.0,
+    adaptive_count: int = 0,
+    before_halt: np.ndarray | None = None,
+) -> Selection:
+    """Choose frames to label from per-frame committee disagreement.
+
+    ``trajectory``: (n,) ints or strings naming each frame's trajectory; ``time_fs``: (n,)
+    float, fs; the disagreements (n,) float in eV/atom and eV/Å (paper definitions);
+    ``before_halt``: (n,) bool, frames just before a trajectory was halted at the trust
+    level or for being unphysical. See the module docstring for the rules.
+    """
+    e = np.asarray(energy_disagreement_eV_per_atom, dtype=float)
+    f = np.asarray(force_disagreement_eV_per_A, dtype=float)
+    traj = np.asarray(trajectory)
+    t = np.asarray(time_fs, dtype=float)
+    n = len(e)
+    if not (len(f) == len(traj) == len(t) == n):
+        raise ValueError("trajectory, time_fs and both disagreement arrays must have equal length")
+    halt = np.zeros(n, dtype=bool) if before_halt is None else np.asarray(before_halt, dtype=bool)
+    nan = ~(np.isfinite(e) & np.isfinite(f))
+    with np.errstate(invalid="ignore"):
+        over = nan | (e > energy_threshold_eV_per_atom) | (f > force_threshold_eV_per_A)
+        untrusted = nan | (f > upper_trust_force_eV_per_A)
+    trusted = ~untrusted
+    # Disagreement in units of the thresholds: one number to rank by.
+    score = np.where(
+        nan, -np.inf, np.maximum(e / energy_threshold_eV_per_atom, f / force_threshold_eV_per_A)
+    )
+    candidates = np.flatnonzero((over | halt) & trusted)
+    adaptive = False
+    if len(candidates) == 0 and adaptive_count > 0:
+        pool = np.flatnonzero(trusted)
+        order = pool[np.argsort(-score[pool], kind="stable")]
+        candidates = np.sort(order[:adaptive_count])
+        adaptive = len(candidates) > 0
+    # Rank: before-halt frames first, then by score (ties broken by index, so deterministic).
+    rank = np.lexsort((candidates, -score[candidates], ~halt[candidates]))
+    ordered = candidates[rank]
+    accepted: list[int] = []
+    taken_times: dict[object, list[float]] = {}
+    for i in ordered:
+        if len(accepted) >= max_selected:
+            break
+        key = traj[i].item() if hasattr(traj[i], "item") else traj[i]
+        times = taken_times.setdefault(key, [])
+        if any(abs(t[i] - tt) < min_separation_fs for tt in times):
+            continue
+        times.append(float(t[i]))
+        accepted.append(int(i))
+    return Selection(
+        selected=np.asarray(accepted, dtype=int),
+        over_threshold=over,
+        untrusted=untrusted,
+        candidates=candidates,
+        adaptive=adaptive,
+    )
