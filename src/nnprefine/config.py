@@ -331,7 +331,9 @@ class RefineConfig:
     adaptive_count: int = (
         0  # >0: when thresholds pick nothing, take this many largest-disagreement frames
     )
-    surface_slab: SlabConfig | None = None  # exploration target; default: the initial-data slab
+    # The paper's NNP5 -> NNP6 step: after the main loop, iterations exploring a second surface.
+    second_surface_slab: SlabConfig | None = None
+    second_surface_iterations: int = 1
 
     def validate(self, key: str) -> None:
         _check(
@@ -369,8 +371,14 @@ class RefineConfig:
             "zero or more",
             self.min_frame_separation_fs,
         )
-        if self.surface_slab is not None:
-            self.surface_slab.validate(f"{key}.surface_slab")
+        if self.second_surface_slab is not None:
+            self.second_surface_slab.validate(f"{key}.second_surface_slab")
+        _check(
+            self.second_surface_iterations >= 0,
+            f"{key}.second_surface_iterations",
+            "zero or more",
+            self.second_surface_iterations,
+        )
 
     def thresholds_for(self, iteration: int) -> ThresholdConfig:
         """Iteration k uses thresholds[k], the last entry for later iterations."""
@@ -488,8 +496,8 @@ class Config:
         """
         slabs = [("initial_data.slab", self.initial_data.slab)]
         slabs += [(f"production[{i}].slab", p.slab) for i, p in enumerate(self.production)]
-        if self.refine.surface_slab is not None:
-            slabs.append(("refine.surface_slab", self.refine.surface_slab))
+        if self.refine.second_surface_slab is not None:
+            slabs.append(("refine.second_surface_slab", self.refine.second_surface_slab))
         a, c = self.structures.a_A, self.structures.c_A
         for key, slab in slabs:
             if slab.surface == "0001":
