@@ -1,0 +1,38 @@
+"""Behler–Parrinello symmetry functions (n2p2 types 2, 3, 9) and their fast kernels.
+
+- :class:`RadialG2`, :class:`NarrowAngularG3`, :class:`WideAngularG9`: one function each,
+  to and from one n2p2 ``symfunction_short`` line;
+- :class:`SymmetryFunctionSet`, :func:`paper_set`, :func:`make_set`: sets of functions;
+- :class:`Descriptor`: values G, forces from ∂E/∂G (with the virial) and the
+  Jacobian–vector product, on ASE ``Atoms``; :class:`Neighbours` is its reusable list;
+- :class:`ScalingStats`: per-function statistics and n2p2's scaling variants.
+"""
+
+from nnprefine.descriptors.descriptor import Descriptor
+from nnprefine.descriptors.functions import (
+    CUTOFF_TYPES,
+    NarrowAngularG3,
+    RadialG2,
+    SymmetryFunction,
+    SymmetryFunctionSet,
+    WideAngularG9,
+    make_set,
+    paper_set,
+)
+from nnprefine.descriptors.neighbours import Neighbours, build_neighbours
+from nnprefine.descriptors.scaling import ScalingStats
+
+__all__ = [
+    "CUTOFF_TYPES",
+    "Descriptor",
+    "NarrowAngularG3",
+    "Neighbours",
+    "RadialG2",
+    "ScalingStats",
+    "SymmetryFunction",
+    "SymmetryFunctionSet",
+    "WideAngularG9",
+    "build_neighbours",
+    "make_set",
+    "paper_set",
+]
