@@ -564,7 +564,9 @@ def test_n2p2_partial_pbc_and_units(tmp_path):
     (back,) = read_n2p2_data(tmp_path / "x.data")
     assert back.pbc.all() and np.array_equal(back.positions, slab.positions)
     # Bohr and Hartree in the file, eV and Å in memory.
-    write_n2p2_data(tmp_path / "au.data", [make_frame(1)], length_unit_A=Bohr, energy_unit_eV=Hartree)
+    write_n2p2_data(
+        tmp_path / "au.data", [make_frame(1)], length_unit_A=Bohr, energy_unit_eV=Hartree
+    )
     line = next(x for x in (tmp_path / "au.data").read_text().splitlines() if x.startswith("atom"))
     assert float(line.split()[1]) == pytest.approx(make_frame(1).positions[0, 0] / Bohr)
     (au,) = read_n2p2_data(tmp_path / "au.data", length_unit_A=Bohr, energy_unit_eV=Hartree)

@@ -98,3 +98,17 @@ def test_nvt_reaches_target_temperature():
     assert 300.0 * 0.75 < np.mean(temps) < 300.0 * 1.25
     assert np.all(slab.get_velocities()[fixed_mask(slab)] == 0.0)
     assert slab.info["provenance"][-1]["seed"] == 7
+
+
+def test_energy_only_relaxation_agrees_with_stress_relaxation():
+    """A calculator without stress is relaxed by minimising E(a, c); same answer as with stress."""
+    from nnprefine.structures import _relax_hcp_by_energy, relax_hcp
+
+    with_stress = relax_hcp(SnapReference(), a_A=2.28, c_A=3.55)
+    by_energy = _relax_hcp_by_energy(SnapReference(), "Be", 2.28, 3.55)
+    assert by_energy["converged"]
+    assert by_energy["a_A"] == pytest.approx(with_stress["a_A"], abs=2e-4)
+    assert by_energy["c_A"] == pytest.approx(with_stress["c_A"], abs=5e-4)
+    assert by_energy["energy_eV_per_atom"] == pytest.approx(
+        with_stress["energy_eV_per_atom"], abs=1e-6
+    )

@@ -75,6 +75,8 @@ def relax_hcp(
     """
     atoms = hcp_bulk(element, a_A, c_A)
     atoms.calc = calc
+    if "stress" not in getattr(calc, "implemented_properties", ["stress"]):
+        return _relax_hcp_by_energy(calc, element, a_A, c_A)
     opt = BFGS(FrechetCellFilter(atoms), logfile=None)
     opt.run(fmax=fmax_eV_per_A, steps=max_steps)
     lengths = atoms.cell.cellpar()
@@ -83,6 +85,33 @@ def relax_hcp(
         "c_A": float(lengths[2]),
         "energy_eV_per_atom": float(atoms.get_potential_energy() / len(atoms)),
         "converged": bool(opt.converged()),
+    }
+
+
+def _relax_hcp_by_energy(calc: Any, element: str, a_A: float, c_A: float) -> dict[str, float]:
+    """Minimise E(a, c) of the two-atom hcp cell directly (for calculators without stress).
+
+    The atoms sit on their symmetric sites, where forces vanish by symmetry, so the
+    energy depends on a and c alone; Nelder–Mead converges to 1e-6 Å.
+    """
+    from scipy.optimize import minimize
+
+    def energy(x: np.ndarray) -> float:
+        atoms = bulk(element, "hcp", a=float(x[0]), c=float(x[1]))
+        atoms.calc = calc
+        return float(atoms.get_potential_energy() / len(atoms))
+
+    res = minimize(
+        energy,
+        x0=[a_A, c_A],
+        method="Nelder-Mead",
+        options={"xatol": 1e-6, "fatol": 1e-10, "maxiter": 2000},
+    )
+    return {
+        "a_A": float(res.x[0]),
+        "c_A": float(res.x[1]),
+        "energy_eV_per_atom": float(res.fun),
+        "converged": bool(res.success),
     }
 
 
