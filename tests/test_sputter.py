@@ -1,0 +1,391 @@
+"""Impacts, outcome classification, campaigns with resume, yields and the Eckstein fit."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from ase import units
+
+from nnprefine.errors import ConfigError
+from nnprefine.impact import ImpactSettings, classify, run_impact, setup_impact
+from nnprefine.md import AdaptiveTimestep
+from nnprefine.reference import SnapReference
+from nnprefine.sputter import ResultsDB, run_campaign, trajectory_seed
+from nnprefine.structures import be0001_slab, relax_slab
+from nnprefine.yields import (
+    PAPER_BE0001_NNP5,
+    eckstein_yield,
+    estimate_yield,
+    fit_eckstein,
+    plot_yields,
+    reduced_energy,
+    threshold_bracket,
+    wilson_interval,
+    yield_error,
+)
+
+BE_MASS = 9.012182
+
+
+@pytest.fixture(scope="module")
+def calc():
+    return SnapReference()
+
+
+@pytest.fixture(scope="module")
+def be_slab(calc):
+    """A relaxed 3x3x4 Be(0001) slab (36 atoms, bottom two layers fixed) at ~300 K."""
+    slab = be0001_slab(size=(3, 3, 4), vacuum_A=6.0)
+    relax_slab(slab, calc, fmax_eV_per_A=1e-2)
+    rng = np.random.default_rng(7)
+    v = rng.standard_normal((len(slab), 3)) * np.sqrt(units.kB * 300.0 / BE_MASS)
+    v[slab.get_tags() > 2] = 0.0
+    slab.set_velocities(v)
+    slab.calc = None
+    return slab
+
+
+# -- impact set-up -------------------------------------------------------------------------
+
+
+def test_projectile_placement_and_energy(be_slab):
+    atoms, spec = setup_impact(be_slab, 100.0, seed=42)
+    p = spec.projectile_index
+    assert p == len(be_slab) and len(atoms) == len(be_slab) + 1
+    assert atoms.positions[p, 2] == pytest.approx(be_slab.positions[:, 2].max() + 5.0)
+    ke = 0.5 * atoms.get_masses()[p] * (atoms.get_velocities()[p] ** 2).sum()
+    assert ke == pytest.approx(100.0, rel=1e-12)
+    v = atoms.get_velocities()[p]
+    assert v[0] == 0 and v[1] == 0 and v[2] < 0
+    frac = np.linalg.solve(atoms.cell.array[:2, :2].T, atoms.positions[p, :2])
+    assert ((frac >= 0) & (frac < 1)).all()
+    np.testing.assert_array_equal(atoms.get_velocities()[:-1], be_slab.get_velocities())
+    assert len(atoms.constraints) == 1  # the slab's FixAtoms came along
+
+
+def test_impact_points_are_uniform_over_the_cell(be_slab):
+    frac = []
+    for seed in range(400):
+        atoms, spec = setup_impact(be_slab, 50.0, seed)
+        frac.append(np.linalg.solve(atoms.cell.array[:2, :2].T, [spec.x_A, spec.y_A]))
+    frac = np.array(frac)
+    # Mean 1/2 and variance 1/12 of a uniform distribution, to ~4 standard errors.
+    assert np.abs(frac.mean(axis=0) - 0.5).max() < 4 * math.sqrt(1 / 12 / 400)
+    assert np.abs(frac.var(axis=0) - 1 / 12).max() < 0.02
+
+
+def test_oblique_incidence_direction(be_slab):
+    atoms, spec = setup_impact(be_slab, 100.0, seed=1, polar_deg=30.0, azimuth_deg=90.0)
+    v = atoms.get_velocities()[-1]
+    unit = v / np.linalg.norm(v)
+    np.testing.assert_allclose(
+        unit, [0.0, math.sin(math.radians(30)), -math.cos(math.radians(30))], atol=1e-12
+    )
+
+
+# -- classification on constructed cases -------------------------------------------------
+
+
+def _flat_slab():
+    """Two layers of 16 atoms on a 2.2 Å grid at z = 0 and 1.8 Å, at rest."""
+    xy = np.array([(i * 2.2, j * 2.2) for i in range(4) for j in range(4)], dtype=float)
+    pos = np.vstack([np.c_[xy, np.zeros(16)], np.c_[xy + 1.1, np.full(16, 1.8)]])
+    return pos, np.zeros_like(pos), np.full(len(pos), BE_MASS)
+
+
+def _with(pos, vel, masses, extra_pos, extra_vel):
+    return (
+        np.vstack([pos, extra_pos]),
+        np.vstack([vel, extra_vel]),
+        np.r_[masses, np.full(len(extra_pos), BE_MASS)],
+    )
+
+
+def test_atom_far_above_moving_up_is_sputtered():
+    pos, vel, m = _with(*_flat_slab(), [[1.0, 1.0, 1.8 + 12.0]], [[0.01, 0.0, 0.05]])
+    # Projectile (index 0 here: any slab atom) is not the escaping one.
+    out = classify(pos, vel, m, projectile_index=0, surface_z_A=1.8, r_cut_A=4.8)
+    assert out.n_sputtered == 1 and not out.reflected and not out.undecided
+    s = out.sputtered[0]
+    assert s.index == len(pos) - 1
+    v2 = 0.01**2 + 0.05**2
+    assert s.kinetic_eV == pytest.approx(0.5 * BE_MASS * v2 / units.fs**2)
+    assert s.polar_deg == pytest.approx(math.degrees(math.atan2(0.01, 0.05)))
+    np.testing.assert_allclose(s.direction, np.array([0.01, 0, 0.05]) / math.sqrt(v2))
+
+
+def test_projectile_leaving_is_reflected_not_sputtered():
+    pos, vel, m = _with(*_flat_slab(), [[1.0, 1.0, 1.8 + 6.0]], [[0.0, 0.0, 0.2]])
+    out = classify(pos, vel, m, projectile_index=len(pos) - 1, surface_z_A=1.8, r_cut_A=4.8)
+    assert out.reflected and out.n_sputtered == 0 and not out.undecided
+    assert out.reflected_kinetic_eV == pytest.approx(0.5 * BE_MASS * 0.04 / units.fs**2)
+
+
+def test_atom_just_above_the_surface_moving_up_slowly_is_undecided():
+    pos, vel, m = _with(*_flat_slab(), [[1.0, 1.0, 1.8 + 3.0]], [[0.0, 0.0, 0.01]])
+    out = classify(pos, vel, m, projectile_index=0, surface_z_A=1.8, r_cut_A=4.8)
+    assert out.undecided and out.undecided_atoms == (len(pos) - 1,)
+    assert out.n_sputtered == 0
+    # The same atom beyond the cutoff is sputtered; with a 7 Å (NNP) cutoff it is not yet.
+    pos[-1, 2] = 1.8 + 5.5
+    assert classify(pos, vel, m, 0, 1.8, 4.8).n_sputtered == 1
+    assert classify(pos, vel, m, 0, 1.8, 7.0).undecided
+
+
+def test_atom_far_above_falling_back_is_undecided_and_adatom_is_not():
+    pos, vel, m = _with(*_flat_slab(), [[1.0, 1.0, 20.0]], [[0.0, 0.0, -0.01]])
+    assert classify(pos, vel, m, 0, 1.8, 4.8).undecided
+    # An adatom one interlayer spacing up, vibrating upwards, holds nothing open.
+    pos, vel, m = _with(*_flat_slab(), [[0.0, 0.0, 1.8 + 1.8]], [[0.0, 0.0, 0.01]])
+    out = classify(pos, vel, m, 0, 1.8, 4.8)
+    assert not out.undecided and out.n_sputtered == 0 and out.slab_top_z_A == pytest.approx(3.6)
+
+
+# -- MD on the reference -------------------------------------------------------------------
+
+
+def test_100eV_impact_conserves_total_energy(be_slab, calc):
+    settings = ImpactSettings(timestep_fs=0.1, duration_fs=25.0, max_extensions=0)
+    r = run_impact(be_slab, calc, 100.0, seed=3, settings=settings)
+    assert not r.unphysical
+    assert r.steps == 250
+    # Fixed 0.1 fs through the collision: |ΔE| below 10 meV with 100 eV in play.
+    assert abs(r.energy_drift_eV) < 0.01
+
+
+def test_replay_from_seed_is_bit_for_bit(be_slab, calc):
+    def frames(seed):
+        out = []
+        settings = ImpactSettings(timestep_fs=0.5, duration_fs=10.0, max_extensions=0)
+        r = run_impact(
+            be_slab,
+            calc,
+            100.0,
+            seed,
+            settings,
+            observers=((lambda s: out.append((s.positions.copy(), s.velocities.copy())), 5),),
+        )
+        return r, out
+
+    r1, f1 = frames(11)
+    r2, f2 = frames(11)
+    r3, f3 = frames(12)
+    assert r1.spec == r2.spec and r1.spec != r3.spec
+    assert len(f1) == len(f2) == 5
+    for (p1, v1), (p2, v2) in zip(f1, f2, strict=True):
+        assert np.array_equal(p1, p2) and np.array_equal(v1, v2)
+    assert not np.array_equal(f1[-1][0], f3[-1][0])
+
+
+def test_early_stop_ends_a_quiet_trajectory_with_the_same_outcome(be_slab, calc):
+    # 15 eV cannot sputter Be; the slab is quiet once the projectile has thermalised.
+    base = dict(timestep_fs=0.5, duration_fs=80.0, max_extensions=0, hold_fs=5.0)
+    full = run_impact(be_slab, calc, 15.0, 5, ImpactSettings(**base, early_stop="shadow"))
+    early = run_impact(be_slab, calc, 15.0, 5, ImpactSettings(**base, early_stop="on"))
+    assert full.stop_reason == "duration" and early.stop_reason == "early_stop"
+    assert early.simulated_fs < full.simulated_fs
+    assert full.shadow["stop_time_fs"] == pytest.approx(early.simulated_fs)
+    assert (early.n_sputtered, early.reflected) == (full.n_sputtered, full.reflected) == (0, False)
+
+
+def test_adaptive_impact_conserves_energy_and_bounds_steps(be_slab, calc):
+    adaptive = AdaptiveTimestep(
+        timestep_max_fs=0.5, max_displacement_A=0.08, max_energy_change_eV=0.5
+    )
+    settings = ImpactSettings(duration_fs=30.0, max_extensions=0, adaptive=adaptive)
+    dts = []
+    r = run_impact(
+        be_slab, calc, 100.0, 3, settings, observers=((lambda s: dts.append(s.timestep_fs), 1),)
+    )
+    assert r.simulated_fs == pytest.approx(30.0)
+    # The first step moves the 100 eV projectile (0.463 Å/fs) by 0.08 Å.
+    speed_A_per_fs = math.sqrt(2 * 100.0 / BE_MASS) * units.fs
+    assert dts[0] == pytest.approx(0.08 / speed_A_per_fs, rel=1e-6)
+    assert max(dts) <= 0.5 and min(dts) < dts[0]  # shorter steps in the collision
+    assert abs(r.energy_drift_eV) < 0.05
+
+
+# -- yields and fits -------------------------------------------------------------------------
+
+
+def test_yield_error_reproduces_the_papers_error_bars():
+    for energy, p, d in PAPER_BE0001_NNP5[1:]:
+        n = 5000 if energy in (55.0, 60.0, 65.0) else 500
+        assert round(yield_error(p, n), 4 if n == 5000 else 3) == pytest.approx(d), energy
+    assert yield_error(0.056, 500) == pytest.approx(0.021, abs=5e-4)
+
+
+def test_yield_estimate_and_intervals():
+    rows = [dict(n_sputtered=1, reflected=0, undecided=0, unphysical=0)] * 3
+    rows += [dict(n_sputtered=0, reflected=0, undecided=0, unphysical=0)] * 47
+    rows += [dict(n_sputtered=0, reflected=0, undecided=0, unphysical=1)]
+    est = estimate_yield(100.0, rows)
+    assert est.n == 50 and est.n_unphysical == 1 and est.n_sputtered == 3
+    assert est.yield_ == pytest.approx(0.06)
+    assert est.error == pytest.approx(2 * math.sqrt(0.06 * 0.94 / 50))
+    assert est.wilson_low < 0.06 < est.wilson_high
+    assert est.exact_low < est.wilson_low  # Clopper-Pearson is the more conservative
+    # Nothing sputtered in 10: Wilson's upper limit is z²/(n + z²), exact is 1 - 0.025^(1/10).
+    assert wilson_interval(0, 10)[1] == pytest.approx(1.959964**2 / (10 + 1.959964**2))
+    zero = estimate_yield(40.0, rows[3:13])
+    assert zero.error == 0 and zero.exact_high == pytest.approx(1 - 0.025 ** (1 / 10))
+    assert zero.fit_sigma > 0
+
+
+def test_threshold_bracket():
+    def est(e, k):
+        return estimate_yield(e, [dict(n_sputtered=k, reflected=0, undecided=0, unphysical=0)] * 5)
+
+    assert threshold_bracket([est(45, 0), est(50, 0), est(55, 1), est(60, 1)]) == (50, 55)
+
+
+def test_reduced_energy_matches_hand_value():
+    # a_L = (9π²/128)^(1/3) 0.529177 / sqrt(2 · 4^(2/3)) = 0.20869 Å;
+    # ε(100 eV) = 100 · ½ · 0.20869 / (16 · 14.3996) = 0.045290
+    assert reduced_energy(100.0) == pytest.approx(0.045290, rel=1e-4)
+    assert eckstein_yield(50.0, 53.0, 0.82, 1.34, 2.03) == 0.0
+
+
+def test_eckstein_fit_recovers_known_parameters():
+    truth = dict(threshold_eV=53.0, q=0.82, mu=1.34, lambda_=2.03)
+    energies = np.array([55, 60, 65, 75, 100, 150, 200, 300, 500, 1000], dtype=float)
+    y_true = eckstein_yield(energies, **truth)
+    sigma = 0.02 * y_true + 1e-4
+    rng = np.random.default_rng(0)
+    y = y_true + sigma * rng.standard_normal(len(energies))
+    fit = fit_eckstein(
+        energies, y, sigma, start=dict(threshold_eV=45.0, q=0.5, mu=1.0, lambda_=1.0)
+    )
+    for k, v in truth.items():
+        assert abs(fit.params[k] - v) < 4 * fit.errors[k] + 1e-9, (k, fit.params[k], fit.errors[k])
+        assert fit.errors[k] < 0.2 * v
+    assert fit.chi2 / fit.dof < 3
+    # Fixing μ and λ (as the paper did for few points) gives Eth and q with smaller errors.
+    fixed = fit_eckstein(energies[:6], y[:6], sigma[:6], fixed=dict(mu=1.34, lambda_=2.03))
+    assert fixed.errors["mu"] == 0 and abs(fixed.params["threshold_eV"] - 53.0) < 1.0
+    with pytest.raises(ConfigError, match="free parameters"):
+        fit_eckstein(energies[:3], y[:3], sigma[:3])
+
+
+def test_plot_writes_a_png(tmp_path):
+    def est(e, k, n):
+        return estimate_yield(
+            e,
+            [dict(n_sputtered=1, reflected=0, undecided=0, unphysical=0)] * k
+            + [dict(n_sputtered=0, reflected=0, undecided=0, unphysical=0)] * (n - k),
+        )
+
+    ests = [est(55, 1, 200), est(75, 5, 200), est(100, 11, 200)]
+    fit = fit_eckstein(
+        [x.energy_eV for x in ests],
+        [x.yield_ for x in ests],
+        [x.fit_sigma for x in ests],
+        fixed=dict(mu=1.34, lambda_=2.03),
+    )
+    path = plot_yields(tmp_path / "fig5.png", ests, fit)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- campaigns -------------------------------------------------------------------------------
+
+_CAMPAIGN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from ase import units
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+    from ase.constraints import FixAtoms
+    from nnprefine.impact import ImpactSettings
+    from nnprefine.sputter import run_campaign
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+    slab.set_constraint(FixAtoms(mask=slab.get_tags() == 3))
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((len(slab), 3)) * np.sqrt(units.kB * 300 / 63.5)
+    v[slab.get_tags() == 3] = 0
+    slab.set_velocities(v)
+    settings = ImpactSettings(r_cut_A=5.0, timestep_fs=0.5, duration_fs=float(sys.argv[2]),
+                              max_extensions=0)
+    run_campaign(sys.argv[1], slab, EMT(), surface="cu111", energies_eV=[30.0, 60.0],
+                 n_trajectories=6, campaign_seed=2024, settings=settings, quiet=True)
+    """
+)
+
+
+def _rows(db):
+    with sqlite3.connect(db) as con:
+        return con.execute(
+            "SELECT surface, energy_eV, idx, seed, created_unix FROM trajectories"
+        ).fetchall()
+
+
+def test_campaign_resumes_after_sigkill_without_loss_or_duplicates(tmp_path):
+    script = tmp_path / "campaign.py"
+    script.write_text(_CAMPAIGN_SCRIPT)
+    db = tmp_path / "results.sqlite"
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.Popen([sys.executable, str(script), str(db), "30.0"], env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if db.exists():
+            try:
+                if len(_rows(db)) >= 3:
+                    break
+            except sqlite3.OperationalError:
+                pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _rows(db)
+    assert 3 <= len(before) < 12, "the campaign was not killed mid-way"
+    # Resume: the same command.
+    subprocess.run([sys.executable, str(script), str(db), "30.0"], env=env, check=True, timeout=120)
+    after = _rows(db)
+    keys = [r[:3] for r in after]
+    assert len(after) == 12 and len(set(keys)) == 12
+    assert set(keys) == {("cu111", e, i) for e in (30.0, 60.0) for i in range(6)}
+    # Nothing was redone: rows from before the kill are untouched.
+    assert set(before) <= set(after)
+    for surface, energy, idx, seed, _ in after:
+        assert seed == trajectory_seed(2024, surface, energy, idx)
+    # Changed settings on resume are refused, not silently mixed in.
+    res = subprocess.run(
+        [sys.executable, str(script), str(db), "20.0"], env=env, capture_output=True, text=True
+    )
+    assert res.returncode != 0 and "other settings" in res.stderr
+
+
+def test_sequential_stopping_runs_until_n_max_when_the_error_stays_large(tmp_path, be_slab, calc):
+    settings = ImpactSettings(timestep_fs=1.0, duration_fs=3.0, max_extensions=0)
+    est = run_campaign(
+        tmp_path / "seq.sqlite",
+        be_slab,
+        calc,
+        surface="be0001-36",
+        energies_eV=[20.0],
+        n_trajectories=2,
+        campaign_seed=1,
+        settings=settings,
+        target_error=1e-6,
+        n_max=5,
+        batch_size=2,
+        quiet=True,
+    )
+    assert est[0].n == 5
+    with ResultsDB(tmp_path / "seq.sqlite") as db:
+        rows = db.rows("be0001-36", 20.0)
+        assert sorted(r["idx"] for r in rows) == [0, 1, 2, 3, 4]
+        assert rows[0]["driver"] == "SnapReference" and rows[0]["code_version"]
+        assert rows[0]["core_s"] > 0 and rows[0]["steps"] == 3
