@@ -1,0 +1,692 @@
+"""Training of potentials and committees on reference energies and forces.
+
+Loss per batch (energies per atom, force components; weights in ``TrainingSettings``):
+
+    L = energy_weight · mean_frames[((E − E_ref)/n_atoms)²] + force_weight · mean_components[(F − F_ref)²]
+
+in eV²/atom² and eV²/Å². Optimisers: ``"adam"`` (mini-batches of frames, learning rate
+decaying per epoch) and ``"kalman"`` (n2p2-style global extended Kalman filter, one update
+per frame on its energy and one on a random ``kalman_force_fraction`` of all force
+components per epoch).
+
+Force training never stores ∂G/∂r: the forces come from a custom autograd function
+whose forward pass is the descriptor's force pass F = −Jᵀ ∂E/∂G and whose backward pass
+is the descriptor's Jacobian-vector product −J·v; ∂E/∂G comes from the networks with
+``create_graph=True``, so force-loss gradients reach the weights by ordinary backprop.
+Symmetry functions G are cached per frame; neighbour lists are cached when they are
+small (``neighbour_cache_mib_per_frame``), else rebuilt per step.
+
+Checkpoints and resume: with ``log_dir``, each member writes ``member_XXX/log.csv``
+(one row per epoch), ``member_XXX/best`` (best test loss so far, a model directory) and
+``member_XXX/last`` (model + optimiser state). Calling :func:`train` again with the same
+``log_dir`` continues where it stopped: it re-reads weights, scaling, energy offsets,
+optimiser state and random-number state from the checkpoint; ``epochs`` and ``quiet``
+may change between runs, any other changed setting is an error (start a new log_dir).
+Finished members are not retrained. At the end each member holds its best-on-test weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from nnprefine._kalman import GlobalKalmanFilter
+from nnprefine.descriptors import Descriptor, Neighbours
+from nnprefine.errors import ConfigError, DatasetError, ModelError
+from nnprefine.model import Committee, InputScaling, NNPotential
+
+__all__ = ["TrainingHistory", "TrainingSettings", "rmse", "split_frames", "train"]
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Settings of :func:`train`. Units in names; weights multiply eV² terms."""
+
+    optimizer: str = "adam"
+    epochs: int = 60
+    energy_weight: float = 1.0
+    force_weight: float = 1.0
+    seed: int = 0
+    #: stop when the test loss has not improved for this many epochs
+    patience_epochs: int = 20
+    # Adam
+    batch_size_frames: int = 4
+    learning_rate: float = 2e-3
+    learning_rate_decay_per_epoch: float = 0.95
+    learning_rate_min: float = 1e-5
+    # Kalman filter (n2p2 names: kalman_epsilon, kalman_q0, kalman_qtau, kalman_qmin,
+    # kalman_lambda_short, kalman_nue_short, short_force_fraction)
+    kalman_force_fraction: float = 0.02
+    kalman_epsilon: float = 1e-2
+    kalman_q0: float = 1e-2
+    kalman_q_tau_epochs: float = 2.302
+    kalman_q_min: float = 1e-6
+    kalman_lambda0: float = 0.96
+    kalman_nu: float = 0.9995
+    # inputs
+    scaling_mode: str = "scalecenter"
+    scale_min: float = -1.0
+    scale_max: float = 1.0
+    fit_energy_offsets: bool = True
+    neighbour_cache_mib_per_frame: float = 0.5
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "kalman"):
+            raise ConfigError(f"optimizer must be 'adam' or 'kalman', got {self.optimizer!r}")
+        for name in ("epochs", "batch_size_frames", "patience_epochs"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.energy_weight < 0 or self.force_weight < 0:
+            raise ConfigError("energy_weight and force_weight must be non-negative")
+        if not 0.0 <= self.kalman_force_fraction <= 1.0:
+            raise ConfigError(
+                f"kalman_force_fraction must lie in [0, 1], got {self.kalman_force_fraction}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: settings that may change between a run and its resumption
+_RESUMABLE_CHANGES = {"epochs", "quiet", "patience_epochs"}
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch log of one member: rows of the CSV log, and the best epoch."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_test_loss: float = math.inf
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _hash_is_test(atoms: Atoms, test_fraction: float) -> bool:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.round(np.asarray(atoms.positions, dtype=np.float64), 8).tobytes())
+    h.update(np.round(atoms.cell.array, 8).tobytes())
+    return int.from_bytes(h.digest()[:8], "little") / 2.0**64 < test_fraction
+
+
+def split_frames(
+    frames: Sequence[Atoms], test_fraction: float = 0.1
+) -> tuple[list[Atoms], list[Atoms]]:
+    """Train and test frames: ``atoms.info["split"]`` ("train"/"test") where present, else a
+    stable hash of numbers, positions and cell puts ≈ ``test_fraction`` into the test set."""
+    train_set, test_set = [], []
+    for atoms in frames:
+        split = atoms.info.get("split")
+        if split is None:
+            split = "test" if _hash_is_test(atoms, test_fraction) else "train"
+        if split not in ("train", "test"):
+            raise DatasetError(f"atoms.info['split'] must be 'train' or 'test', got {split!r}")
+        (test_set if split == "test" else train_set).append(atoms)
+    return train_set, test_set
+
+
+def _labels(atoms: Atoms, k: int) -> tuple[float, np.ndarray]:
+    if atoms.calc is None:
+        raise DatasetError(
+            f"frame {k} ({atoms.get_chemical_formula()}) has no labels; attach a "
+            "SinglePointCalculator with energy and forces"
+        )
+    try:
+        energy = float(atoms.get_potential_energy())
+        forces = np.array(atoms.get_forces(), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - any calculator failure is a data problem here
+        raise DatasetError(f"frame {k} has no usable energy/forces labels: {exc}") from exc
+    if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
+        raise DatasetError(f"frame {k} has a NaN or infinite label; remove it from the set")
+    return energy, forces
+
+
+@dataclass
+class _Frame:
+    """A training frame: cached G (n_atoms, max_functions) and labels minus baseline."""
+
+    atoms: Atoms
+    symbols: np.ndarray
+    values: np.ndarray
+    energy_eV: float
+    forces_eV_per_A: np.ndarray
+    neighbours: Neighbours | None
+    offset_eV: float = 0.0
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.atoms)
+
+    def get_neighbours(self, descriptor: Descriptor) -> Neighbours:
+        return self.neighbours if self.neighbours is not None else descriptor.neighbours(self.atoms)
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes held in numpy arrays of ``obj`` (and one level of containers)."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    total = 0
+    items = vars(obj).values() if hasattr(obj, "__dict__") else ()
+    if dataclasses.is_dataclass(obj) and not hasattr(obj, "__dict__"):
+        items = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    for v in items:
+        if isinstance(v, np.ndarray):
+            total += v.nbytes
+        elif isinstance(v, list | tuple):
+            total += sum(x.nbytes for x in v if isinstance(x, np.ndarray))
+    return total
+
+
+def _prepare(frames: Sequence[Atoms], pot: NNPotential, cache_limit_mib: float) -> list[_Frame]:
+    d = pot.descriptor
+    out = []
+    for k, atoms in enumerate(frames):
+        energy, forces = _labels(atoms, k)
+        from nnprefine.model import _symbols_check
+
+        symbols = _symbols_check(atoms, pot.elements)
+        plain = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        nb = d.neighbours(plain)
+        values = d.values(plain, neighbours=nb)
+        if pot.baseline is not None:
+            e_b, f_b = pot.baseline.energy_forces(plain)
+            energy, forces = energy - e_b, forces - f_b
+        keep = nb if _nbytes(nb) <= cache_limit_mib * 2**20 else None
+        out.append(_Frame(plain, symbols, values, energy, forces, keep))
+    return out
+
+
+def _fit_inputs(pot: NNPotential, frames: list[_Frame], settings: TrainingSettings) -> None:
+    """Scaling statistics and per-element energy offsets from the training frames."""
+    rows = {el: [] for el in pot.elements}
+    for f in frames:
+        for el in pot.elements:
+            m = f.symbols == el
+            if m.any():
+                rows[el].append(f.values[m, : pot.sfset.n_functions(el)])
+    missing = [el for el, r in rows.items() if not r]
+    if missing:
+        raise DatasetError(f"the training frames hold no {missing} atoms; add such frames")
+    pot.scaling = InputScaling.from_values(
+        {el: np.concatenate(r) for el, r in rows.items()},
+        mode=settings.scaling_mode,
+        s_min=settings.scale_min,
+        s_max=settings.scale_max,
+    )
+    if settings.fit_energy_offsets:
+        counts = np.array(
+            [[np.sum(f.symbols == el) for el in pot.elements] for f in frames], dtype=np.float64
+        )
+        energies = np.array([f.energy_eV for f in frames])
+        coef, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+        pot.set_energy_offsets(dict(zip(pot.elements, coef.tolist(), strict=True)))
+
+
+def _center_outputs(pot: NNPotential, frames: list[_Frame]) -> None:
+    """Shift each network's output bias so its mean atomic energy on the training set is 0.
+
+    The per-element offsets carry the mean energy; fresh networks would otherwise add
+    an arbitrary O(0.1 eV/atom) constant that the first epochs spend removing.
+    """
+    for el in pot.elements:
+        rows = [f.values[f.symbols == el] for f in frames if (f.symbols == el).any()]
+        if not rows:
+            continue
+        energies, _ = pot.atomic_energies_from_values(
+            np.full(sum(len(r) for r in rows), el), np.concatenate(rows)
+        )
+        mean_nn = float(energies.mean()) - pot.energy_offsets_eV[el]
+        with torch.no_grad():
+            pot.networks[el].layers[-1].bias.sub_(mean_nn)
+
+
+def _set_offsets(frames: list[_Frame], pot: NNPotential) -> None:
+    for f in frames:
+        f.offset_eV = float(sum(pot.energy_offsets_eV[s] for s in f.symbols))
+
+
+# --------------------------------------------------------------------------- torch pieces
+
+
+class _DescriptorForces(torch.autograd.Function):
+    """F = −Jᵀ g (descriptor force pass) with backward −J v (descriptor JVP)."""
+
+    @staticmethod
+    def forward(ctx: Any, dedg: torch.Tensor, frame: _Frame, d: Descriptor) -> torch.Tensor:
+        nb = frame.get_neighbours(d)
+        ctx.frame, ctx.d, ctx.nb = frame, d, nb
+        forces, _ = d.forces(frame.atoms, dedg.detach().numpy(), neighbours=nb)
+        return torch.from_numpy(np.ascontiguousarray(forces, dtype=np.float64))
+
+    @staticmethod
+    def backward(ctx: Any, grad_forces: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        jv = ctx.d.jvp(
+            ctx.frame.atoms, grad_forces.detach().numpy().astype(np.float64), neighbours=ctx.nb
+        )
+        return -torch.from_numpy(np.ascontiguousarray(jv)), None, None
+
+
+class _TorchModel:
+    """Torch view of an NNPotential for training: parameters and a batched forward."""
+
+    def __init__(self, pot: NNPotential) -> None:
+        self.pot = pot
+        self.params = [p for el in pot.elements for p in pot.networks[el].parameters()]
+        affine = pot.input_affine()
+        self.affine = {
+            el: (torch.from_numpy(a), torch.from_numpy(c)) for el, (a, c) in affine.items()
+        }
+
+    def forward(
+        self, frames: Sequence[_Frame], with_forces: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Frame energies (B,) eV and, if asked, forces [(n_b, 3)] eV/Å."""
+        g = torch.from_numpy(np.concatenate([f.values for f in frames]))
+        g.requires_grad_(with_forces)
+        symbols = np.concatenate([f.symbols for f in frames])
+        frame_of_atom = torch.from_numpy(
+            np.repeat(np.arange(len(frames)), [f.n_atoms for f in frames])
+        )
+        atom_e = torch.zeros(g.shape[0], dtype=torch.float64)
+        for el in self.pot.elements:
+            idx = np.flatnonzero(symbols == el)
+            if idx.size == 0:
+                continue
+            n = self.pot.sfset.n_functions(el)
+            a, c = self.affine[el]
+            ti = torch.from_numpy(idx)
+            x = g[ti, :n] * a[:n] + c[:n]
+            atom_e = atom_e.index_put((ti,), self.pot.networks[el](x))
+        offsets = torch.tensor([f.offset_eV for f in frames], dtype=torch.float64)
+        energies = (
+            torch.zeros(len(frames), dtype=torch.float64).index_add(0, frame_of_atom, atom_e)
+            + offsets
+        )
+        forces: list[torch.Tensor] = []
+        if with_forces:
+            (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=True)
+            start = 0
+            for f in frames:
+                forces.append(
+                    _DescriptorForces.apply(dedg[start : start + f.n_atoms], f, self.pot.descriptor)
+                )
+                start += f.n_atoms
+        return energies, forces
+
+    def flat_grad(self, y: torch.Tensor, retain_graph: bool) -> torch.Tensor:
+        gs = torch.autograd.grad(y, self.params, retain_graph=retain_graph, allow_unused=True)
+        return torch.cat(
+            [
+                (torch.zeros_like(p) if gr is None else gr).reshape(-1)
+                for gr, p in zip(gs, self.params, strict=True)
+            ]
+        )
+
+    def flat_params(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    @torch.no_grad()
+    def set_flat_params(self, flat: torch.Tensor) -> None:
+        start = 0
+        for p in self.params:
+            p.copy_(flat[start : start + p.numel()].view_as(p))
+            start += p.numel()
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _errors(pot: NNPotential, frames: Sequence[_Frame]) -> tuple[float, float, int]:
+    """Σ (ΔE/atom)², Σ ΔF_component², number of frames (numpy path)."""
+    se, sf = 0.0, 0.0
+    for f in frames:
+        ei, dedg = pot.atomic_energies_from_values(f.symbols, f.values)
+        forces, _ = pot.descriptor.forces(
+            f.atoms, dedg, neighbours=f.get_neighbours(pot.descriptor)
+        )
+        se += ((ei.sum() - f.energy_eV) / f.n_atoms) ** 2
+        sf += float(((forces - f.forces_eV_per_A) ** 2).sum())
+    return se, sf, len(frames)
+
+
+def _rmse_of(pot: NNPotential, frames: Sequence[_Frame]) -> tuple[float, float]:
+    if not frames:
+        return math.nan, math.nan
+    se, sf, n = _errors(pot, frames)
+    n_comp = sum(3 * f.n_atoms for f in frames)
+    return 1e3 * math.sqrt(se / n), 1e3 * math.sqrt(sf / n_comp)
+
+
+def rmse(model: NNPotential | Committee, frames: Sequence[Atoms]) -> dict[str, Any]:
+    """Energy RMSE (meV/atom) and force-component RMSE (meV/Å) of labelled frames.
+
+    For a committee, lists of per-member values.
+    """
+    members = model.members if isinstance(model, Committee) else [model]
+    res = [_rmse_of(pot, _prepare(frames, pot, 0.0)) for pot in members]
+    if isinstance(model, Committee):
+        return {"energy_meV_per_atom": [r[0] for r in res], "force_meV_per_A": [r[1] for r in res]}
+    return {"energy_meV_per_atom": res[0][0], "force_meV_per_A": res[0][1]}
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _loss_of(settings: TrainingSettings, rmse_e_mev: float, rmse_f_mev: float) -> float:
+    e = 0.0 if math.isnan(rmse_e_mev) else (rmse_e_mev * 1e-3) ** 2
+    f = 0.0 if math.isnan(rmse_f_mev) else (rmse_f_mev * 1e-3) ** 2
+    return settings.energy_weight * e + settings.force_weight * f
+
+
+def _epoch_adam(
+    tm: _TorchModel,
+    frames: list[_Frame],
+    s: TrainingSettings,
+    opt: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    epoch: int,
+    advance: Any,
+) -> tuple[float, float]:
+    lr = max(s.learning_rate * s.learning_rate_decay_per_epoch**epoch, s.learning_rate_min)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with_forces = s.force_weight > 0
+    se = sf = 0.0
+    n_comp = 0
+    order = rng.permutation(len(frames))
+    for start in range(0, len(order), s.batch_size_frames):
+        batch = [frames[i] for i in order[start : start + s.batch_size_frames]]
+        energies, forces = tm.forward(batch, with_forces)
+        n = torch.tensor([f.n_atoms for f in batch], dtype=torch.float64)
+        e_ref = torch.tensor([f.energy_eV for f in batch], dtype=torch.float64)
+        de = (energies - e_ref) / n
+        loss = s.energy_weight * (de**2).mean()
+        se += float((de.detach() ** 2).sum())
+        if with_forces:
+            df = torch.cat(forces) - torch.from_numpy(
+                np.concatenate([f.forces_eV_per_A for f in batch])
+            )
+            loss = loss + s.force_weight * (df**2).mean()
+            sf += float((df.detach() ** 2).sum())
+            n_comp += df.numel()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        advance(len(batch))
+    return 1e3 * math.sqrt(se / len(frames)), (1e3 * math.sqrt(sf / n_comp) if n_comp else math.nan)
+
+
+def _epoch_kalman(
+    tm: _TorchModel,
+    frames: list[_Frame],
+    s: TrainingSettings,
+    kf: GlobalKalmanFilter,
+    rng: np.random.Generator,
+    epoch: int,
+    advance: Any,
+) -> tuple[float, float]:
+    kf.start_epoch(epoch)
+    sizes = np.array([3 * f.n_atoms for f in frames])
+    n_pick = int(round(s.kalman_force_fraction * sizes.sum())) if s.force_weight > 0 else 0
+    picked = np.sort(rng.choice(sizes.sum(), size=n_pick, replace=False))
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    se = sf = 0.0
+    n_comp = 0
+    for i in rng.permutation(len(frames)):
+        f = frames[i]
+        if s.energy_weight > 0:
+            energies, _ = tm.forward([f], False)
+            y = energies[0] / f.n_atoms
+            h = tm.flat_grad(y, retain_graph=False) * s.energy_weight
+            err = (f.energy_eV / f.n_atoms - y.item()) * s.energy_weight
+            se += (err / s.energy_weight) ** 2
+            w = tm.flat_params()
+            kf.update(w, torch.tensor([err], dtype=torch.float64), h[:, None])
+            tm.set_flat_params(w)
+        comps = picked[(picked >= bounds[i]) & (picked < bounds[i + 1])] - bounds[i]
+        if comps.size:
+            _, forces = tm.forward([f], True)
+            flat = forces[0].reshape(-1)
+            h = (
+                torch.stack([tm.flat_grad(flat[int(c)], retain_graph=True) for c in comps], dim=1)
+                * s.force_weight
+            )
+            err = (
+                torch.from_numpy(f.forces_eV_per_A.reshape(-1)[comps])
+                - flat.detach()[torch.from_numpy(comps)]
+            ) * s.force_weight
+            sf += float(((err / s.force_weight) ** 2).sum())
+            n_comp += comps.size
+            w = tm.flat_params()
+            kf.update(w, err, h)
+            tm.set_flat_params(w)
+        advance(1)
+    return 1e3 * math.sqrt(se / len(frames)) if s.energy_weight > 0 else math.nan, (
+        1e3 * math.sqrt(sf / n_comp) if n_comp else math.nan
+    )
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    if not rows:
+        return
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def _check_resume_settings(saved: dict[str, Any], settings: TrainingSettings, where: Path) -> None:
+    now = settings.to_dict()
+    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume from {where}: settings changed ({details}); restore them or use a "
+            "new log_dir (only epochs, patience_epochs and quiet may change on resume)"
+        )
+
+
+def _train_member(
+    pot: NNPotential,
+    train_set: list[_Frame],
+    test_set: list[_Frame],
+    s: TrainingSettings,
+    member_dir: Path | None,
+    member_index: int,
+    progress: Any,
+) -> TrainingHistory:
+    rng = np.random.default_rng([s.seed, member_index])
+    history = TrainingHistory()
+    state: dict[str, Any] | None = None
+    if member_dir is not None and (member_dir / "last" / "state.pt").exists():
+        ck = NNPotential.load(member_dir / "last")
+        state = torch.load(member_dir / "last" / "state.pt", weights_only=False)
+        _check_resume_settings(state["settings"], s, member_dir)
+        pot.scaling, pot.energy_offsets_eV = ck.scaling, dict(ck.energy_offsets_eV)
+        pot.set_weight_arrays(ck.weight_arrays())
+        history = TrainingHistory(**state["history"])
+        rng.bit_generator.state = state["rng"]
+    else:
+        _center_outputs(pot, train_set)
+    _set_offsets(train_set, pot)
+    _set_offsets(test_set, pot)
+    tm = _TorchModel(pot)
+    if s.optimizer == "adam":
+        opt: Any = torch.optim.Adam(tm.params, lr=s.learning_rate)
+    else:
+        opt = GlobalKalmanFilter(
+            sum(p.numel() for p in tm.params),
+            s.kalman_epsilon,
+            s.kalman_q0,
+            s.kalman_q_tau_epochs,
+            s.kalman_q_min,
+            s.kalman_lambda0,
+            s.kalman_nu,
+        )
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+    best_weights = pot.weight_arrays() if history.best_epoch < 0 else None
+    if best_weights is None and member_dir is not None:
+        best_weights = NNPotential.load(member_dir / "best").weight_arrays()
+    start = len(history.rows)
+    for epoch in range(start, s.epochs):
+        if history.finished:
+            break
+        t0 = time.perf_counter()
+        task = (
+            progress.add_task(
+                f"member {member_index} epoch {epoch + 1}/{s.epochs}", total=len(train_set)
+            )
+            if progress is not None
+            else None
+        )
+
+        def advance(n: int, task: Any = task) -> None:
+            if progress is not None:
+                progress.advance(task, n)
+
+        if s.optimizer == "adam":
+            tr_e, tr_f = _epoch_adam(tm, train_set, s, opt, rng, epoch, advance)
+        else:
+            tr_e, tr_f = _epoch_kalman(tm, train_set, s, opt, rng, epoch, advance)
+        if progress is not None:
+            progress.remove_task(task)
+        te_e, te_f = _rmse_of(pot, test_set)
+        seconds = time.perf_counter() - t0
+        test_loss = _loss_of(s, te_e, te_f) if test_set else _loss_of(s, tr_e, tr_f)
+        if not math.isfinite(test_loss):
+            raise ModelError(
+                f"training diverged at epoch {epoch} (loss {test_loss}); lower the learning "
+                "rate or check the labels"
+            )
+        row = {
+            "epoch": epoch,
+            "seconds": round(seconds, 3),
+            "train_rmse_energy_meV_per_atom": tr_e,
+            "train_rmse_force_meV_per_A": tr_f,
+            "test_rmse_energy_meV_per_atom": te_e,
+            "test_rmse_force_meV_per_A": te_f,
+            "test_loss": test_loss,
+        }
+        history.rows.append(row)
+        if test_loss < history.best_test_loss:
+            history.best_test_loss, history.best_epoch = test_loss, epoch
+            best_weights = pot.weight_arrays()
+            if member_dir is not None:
+                pot.save(member_dir / "best")
+        if epoch - history.best_epoch >= s.patience_epochs:
+            history.finished = True  # early stop: no test improvement for patience_epochs
+        if member_dir is not None:
+            _checkpoint(pot, opt, rng, history, s, member_dir)
+        if progress is not None:
+            progress.console.print(
+                f"m{member_index} ep{epoch:4d} RMSE train {tr_e:7.2f} {tr_f:7.1f} | test "
+                f"{te_e:7.2f} meV/atom {te_f:7.1f} meV/Å {seconds:5.1f}s"
+                f"{' *' if history.best_epoch == epoch else ''}",
+                soft_wrap=True,
+            )
+    if best_weights is not None:
+        pot.set_weight_arrays(best_weights)
+    pot.metadata["training"] = {
+        "settings": s.to_dict(),
+        "member_index": member_index,
+        "best_epoch": history.best_epoch,
+        "log": history.rows,
+    }
+    return history
+
+
+def _checkpoint(
+    pot: NNPotential,
+    opt: Any,
+    rng: np.random.Generator,
+    history: TrainingHistory,
+    s: TrainingSettings,
+    member_dir: Path,
+) -> None:
+    pot.save(member_dir / "last")
+    state = {
+        "settings": s.to_dict(),
+        "history": history.to_dict(),
+        "rng": rng.bit_generator.state,
+        "optimizer": opt.state_dict(),
+    }
+    tmp = member_dir / "last" / "state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(member_dir / "last" / "state.pt")
+    _write_csv(member_dir / "log.csv", history.rows)
+
+
+def train(
+    model: NNPotential | Committee,
+    train_frames: Sequence[Atoms],
+    test_frames: Sequence[Atoms],
+    settings: TrainingSettings | None = None,
+    log_dir: str | Path | None = None,
+) -> TrainingHistory | list[TrainingHistory]:
+    """Fit scaling and energy offsets on ``train_frames``, then train every member.
+
+    train_frames, test_frames: labelled ``Atoms`` (energy eV, forces eV/Å on ``.calc``);
+    see :func:`split_frames`. Returns the history (a list for a committee). The model is
+    changed in place and ends with its best-on-test weights. See the module docstring for
+    checkpoints and resuming.
+    """
+    s = settings or TrainingSettings()
+    members = model.members if isinstance(model, Committee) else [model]
+    if not train_frames:
+        raise DatasetError("no training frames; label some structures first")
+    torch.manual_seed(s.seed)
+    pot0 = members[0]
+    train_set = _prepare(train_frames, pot0, s.neighbour_cache_mib_per_frame)
+    test_set = _prepare(test_frames, pot0, s.neighbour_cache_mib_per_frame)
+    log_path = Path(log_dir) if log_dir is not None else None
+    if log_path is not None:
+        log_path.mkdir(parents=True, exist_ok=True)
+        (log_path / "settings.json").write_text(json.dumps(s.to_dict(), indent=1) + "\n")
+    _fit_inputs(pot0, train_set, s)
+    for pot in members[1:]:
+        pot.scaling, pot.energy_offsets_eV = pot0.scaling, dict(pot0.energy_offsets_eV)
+    histories = []
+    progress = None
+    if not s.quiet:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} frames"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        progress.start()
+    try:
+        for k, pot in enumerate(members):
+            member_dir = None if log_path is None else log_path / f"member_{k:03d}"
+            if member_dir is not None:
+                member_dir.mkdir(exist_ok=True)
+            histories.append(_train_member(pot, train_set, test_set, s, member_dir, k, progress))
+    finally:
+        if progress is not None:
+            progress.stop()
+    return histories if isinstance(model, Committee) else histories[0]

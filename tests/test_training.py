@@ -1,0 +1,164 @@
+"""Training on SNAP labels of small rattled Be cells: loss goes down, RMSE reached, resume."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from nnprefine.descriptors import make_set
+from nnprefine.errors import ConfigError, DatasetError
+from nnprefine.model import Committee, NNPotential
+from nnprefine.training import (
+    TrainingSettings,
+    _DescriptorForces,
+    _prepare,
+    rmse,
+    split_frames,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def sfset():
+    return make_set(["Be"], n_radial=5, n_narrow=2, n_wide=2, r_cut_A=4.5)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """14 rattled, strained 16-atom hcp Be cells labelled by the built-in SNAP reference."""
+    from nnprefine.reference import SnapReference
+
+    calc = SnapReference()
+    rng = np.random.default_rng(7)
+    out = []
+    for k in range(14):
+        atoms = bulk("Be", "hcp", a=2.24 * (1 + 0.02 * rng.normal()), c=3.60).repeat((2, 2, 2))
+        atoms.rattle(0.06, seed=k)
+        atoms.calc = calc
+        e, f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f)
+        atoms.info["split"] = "test" if k >= 11 else "train"
+        out.append(atoms)
+    return out
+
+
+def _quick(**kw) -> TrainingSettings:
+    base = dict(
+        epochs=12,
+        batch_size_frames=2,
+        learning_rate=1e-2,
+        quiet=True,
+        seed=1,
+        energy_weight=1.0,
+        force_weight=1.0,
+        learning_rate_decay_per_epoch=0.9,
+    )
+    base.update(kw)
+    return TrainingSettings(**base)
+
+
+def test_adam_training_fits_snap_labels(sfset, frames, tmp_path):
+    train_set, test_set = split_frames(frames)
+    assert len(train_set) == 11 and len(test_set) == 3
+    pot = NNPotential(sfset, hidden=(8, 8), seed=0)
+    hist = train(pot, train_set, test_set, _quick(), log_dir=tmp_path / "log")
+    first, best = hist.rows[0], min(hist.rows, key=lambda r: r["test_loss"])
+    assert best["test_loss"] < 0.5 * first["test_loss"]
+    # the scaling came from the training set and the offset sits near SNAP's −3.28 eV/atom
+    assert pot.scaling.mode == "scalecenter"
+    assert pot.energy_offsets_eV["Be"] == pytest.approx(-3.28, abs=0.1)
+    # the model holds its best-on-test weights; stated accuracy on held-out frames
+    held_out = rmse(pot, test_set)
+    assert held_out["energy_meV_per_atom"] == pytest.approx(
+        best["test_rmse_energy_meV_per_atom"], rel=1e-6
+    )
+    assert held_out["energy_meV_per_atom"] < 10.0
+    assert held_out["force_meV_per_A"] < 400.0
+    with open(tmp_path / "log" / "member_000" / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(hist.rows) and "test_rmse_force_meV_per_A" in rows[0]
+    assert pot.metadata["training"]["best_epoch"] == hist.best_epoch
+
+
+def test_resume_continues_and_rejects_changed_settings(sfset, frames, tmp_path):
+    train_set, test_set = split_frames(frames)
+    log = tmp_path / "log"
+    a = NNPotential(sfset, hidden=(6,), seed=2)
+    train(a, train_set, test_set, _quick(epochs=3), log_dir=log)
+    b = NNPotential(sfset, hidden=(6,), seed=2)
+    hist = train(b, train_set, test_set, _quick(epochs=5), log_dir=log)
+    assert [r["epoch"] for r in hist.rows] == [0, 1, 2, 3, 4]
+    # the same run without interruption gives the same numbers
+    c = NNPotential(sfset, hidden=(6,), seed=2)
+    straight = train(c, train_set, test_set, _quick(epochs=5))
+    np.testing.assert_allclose(
+        [r["test_loss"] for r in hist.rows], [r["test_loss"] for r in straight.rows], rtol=1e-8
+    )
+    with pytest.raises(ConfigError, match="learning_rate"):
+        train(
+            NNPotential(sfset, hidden=(6,), seed=2),
+            train_set,
+            test_set,
+            _quick(epochs=6, learning_rate=0.5),
+            log_dir=log,
+        )
+
+
+def test_kalman_training_lowers_the_error(sfset, frames):
+    train_set, test_set = split_frames(frames)
+    pot = NNPotential(sfset, hidden=(6,), seed=3)
+    hist = train(
+        pot, train_set, test_set, _quick(optimizer="kalman", epochs=4, kalman_force_fraction=0.05)
+    )
+    losses = [r["test_loss"] for r in hist.rows]
+    assert min(losses[1:]) < 0.5 * losses[0]
+    assert rmse(pot, test_set)["energy_meV_per_atom"] < 15.0
+
+
+def test_committee_training_keeps_members_different(sfset, frames):
+    train_set, test_set = split_frames(frames)
+    com = Committee.create(sfset, n_members=2, hidden=(6,), seed=5)
+    hists = train(com, train_set, test_set, _quick(epochs=3))
+    assert len(hists) == 2
+    res = com.evaluate(test_set[0])
+    assert res.metrics.force_disagreement_eV_per_A > 0.0
+    assert com[0].scaling.to_dict() == com[1].scaling.to_dict()
+
+
+def test_force_function_backward_is_transpose_of_forward(sfset, frames):
+    """⟨F(g), v⟩ = −⟨g, J v⟩: the JVP is the adjoint of the force pass (torch gradcheck)."""
+    pot = NNPotential(sfset, hidden=(4,), seed=0)
+    (frame,) = _prepare(frames[:1], pot, cache_limit_mib=1.0)
+    g = torch.from_numpy(np.random.default_rng(0).normal(size=frame.values.shape)).requires_grad_(
+        True
+    )
+    assert torch.autograd.gradcheck(
+        lambda x: _DescriptorForces.apply(x, frame, pot.descriptor), (g,), eps=1e-6, atol=1e-7
+    )
+
+
+def test_split_frames_uses_info_or_a_stable_hash(frames):
+    plain = [f.copy() for f in frames]
+    for f in plain:
+        f.info.pop("split", None)
+    tr1, te1 = split_frames(plain, test_fraction=0.3)
+    tr2, te2 = split_frames(list(reversed(plain)), test_fraction=0.3)
+    key = {id(f): k for k, f in enumerate(plain)}
+    assert sorted(key[id(f)] for f in te1) == sorted(key[id(f)] for f in te2)
+    assert len(tr1) + len(te1) == len(frames)
+    bad = frames[0].copy()
+    bad.info["split"] = "validation"
+    with pytest.raises(DatasetError, match="split"):
+        split_frames([bad])
+
+
+def test_unlabelled_frames_are_rejected(sfset, frames):
+    atoms = frames[0].copy()
+    atoms.calc = None
+    with pytest.raises(DatasetError, match="no labels"):
+        train(NNPotential(sfset, hidden=(4,)), [atoms], [], _quick(epochs=1))
