@@ -38,14 +38,87 @@ def _cmd_check_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _project(args: argparse.Namespace):
+    from nnprefine.config import load_config
+    from nnprefine.project import Project
+
+    return Project(load_config(args.config))
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from nnprefine import pipeline
+
+    project = _project(args)
+    project.save_config()
+    if args.command == "run":
+        pipeline.run(project)
+    else:
+        pipeline.STAGES[args.command](project)
+        if args.command == "report":
+            print(f"report: {project.dir / 'report.html'}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from nnprefine import pipeline
+
+    project = _project(args)
+    for stage, state in pipeline.status(project).items():
+        print(f"{stage:>14}: {state}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nnprefine.model import Committee
+    from nnprefine.n2p2 import write_n2p2
+
+    project = _project(args)
+    model_dir = project.model_dir(args.model)
+    if not model_dir.exists():
+        from nnprefine.errors import NnprefineError
+
+        raise NnprefineError(
+            f"no model '{args.model}' in {project.dir / 'models'}; run 'nnprefine train' first"
+        )
+    committee = Committee.load(model_dir)
+    out = args.output or str(project.dir / "n2p2" / args.model)
+    write_n2p2(committee.members[args.member], out)
+    print(f"n2p2 files of member {args.member + 1} of '{args.model}' written to {out}")
+    return 0
+
+
+_STAGE_HELP = {
+    "run": "run every stage in order (resumes where a previous run stopped)",
+    "init": "relax the lattice and the slabs; label the initial data with the reference",
+    "refine": "the query-by-committee loop: train, explore, select, label, repeat",
+    "train": "train the final committee on all data; parity, lattice constants",
+    "sputter": "production impacts with the final model (and reference checks); yields",
+    "report": "write report.html, summary.json and the figures",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnprefine",
         description="Train Behler–Parrinello NNPs, refine them by query-by-committee, and "
-        "compute sputtering yields with them.",
+        "compute sputtering yields with them. Every command takes the project's TOML "
+        "config; results go to its [project] output_dir. See examples/ for configs.",
     )
     parser.add_argument("--version", action="version", version=f"nnprefine {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in _STAGE_HELP.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("config", help="project config (TOML), e.g. examples/be0001-quick.toml")
+        p.set_defaults(func=_cmd_stage)
+    p = sub.add_parser("status", help="what is done and what remains")
+    p.add_argument("config")
+    p.set_defaults(func=_cmd_status)
+    p = sub.add_parser("export-n2p2", help="write a trained model as n2p2 files")
+    p.add_argument("config")
+    p.add_argument("--model", default="final", help="model name under models/ (default: final)")
+    p.add_argument("--member", type=int, default=0, help="committee member, from 0 (default: 0)")
+    p.add_argument("--output", help="output folder (default: <output_dir>/n2p2/<model>)")
+    p.set_defaults(func=_cmd_export)
     p = sub.add_parser(
         "check-reference",
         help="relax hcp Be and a Be(0001) slab with the reference and print a, c, E",

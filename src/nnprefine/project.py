@@ -1,0 +1,193 @@
+"""A project's output directory: layout, log, seeds, stage records and resumable task logs.
+
+Layout of ``output_dir``::
+
+    nnprefine.log            log of every command run on this project
+    config.json              the config of the latest run (compared on resume)
+    data.db                  labelled frames (nnprefine.dataset.FrameStore)
+    results.db               production trajectories (nnprefine.sputter)
+    lattice.json             hcp a, c, E of the reference (and later of the model)
+    slabs/<label>.traj       relaxed, equilibrated slabs (positions + velocities)
+    models/iter-<k>/         the committee trained for refinement iteration k
+    models/final/            the committee trained on all data
+    refine/iter-<k>/         exploration results, selection, summary of iteration k
+    stages/<name>.json       one record per finished stage (its result, in one write)
+    tasks/<stage>.jsonl      keys of finished tasks of a stage, appended as they finish
+    report.html, summary.json, figures/
+
+Every stage is safe to re-run: it skips what its records say is done. Tasks stream into
+their stores as they finish and are then appended to ``tasks/<stage>.jsonl``; a crash
+between the two re-runs one task, whose labels the store recognises as duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nnprefine import __version__
+from nnprefine.config import Config, config_to_dict
+
+__all__ = ["Project", "derive_seed"]
+
+
+def derive_seed(master: int, *names: object) -> int:
+    """A seed for one task, derived deterministically from the master seed and its names."""
+    text = json.dumps([int(master), *[str(n) for n in names]])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+class Project:
+    """State of one configured project on disk (a thin class over its output directory)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.dir = config.output_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = self._make_logger()
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def data_db(self) -> Path:
+        return self.dir / "data.db"
+
+    @property
+    def results_db(self) -> Path:
+        return self.dir / "results.db"
+
+    def slab_path(self, label: str) -> Path:
+        return self.dir / "slabs" / f"{label}.traj"
+
+    def model_dir(self, name: str) -> Path:
+        return self.dir / "models" / name
+
+    def iteration_dir(self, k: int) -> Path:
+        return self.dir / "refine" / f"iter-{k:03d}"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.dir / "figures"
+
+    # -- logging -------------------------------------------------------------------------
+    def _make_logger(self) -> logging.Logger:
+        logger = logging.getLogger(f"nnprefine.project.{self.dir}")
+        if not logger.handlers:
+            logger.setLevel(logging.INFO)
+            handler = logging.FileHandler(self.dir / "nnprefine.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+        return logger
+
+    def say(self, message: str) -> None:
+        """Log a line to the project log and print it."""
+        self.log.info(message)
+        print(message, flush=True)
+
+    # -- seeds ---------------------------------------------------------------------------
+    def seed(self, *names: object) -> int:
+        return derive_seed(self.config.project.seed, *names)
+
+    # -- stage records -------------------------------------------------------------------
+    def stage_record(self, name: str) -> dict[str, Any] | None:
+        path = self.dir / "stages" / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def record_stage(self, name: str, result: dict[str, Any]) -> None:
+        _write_json(
+            self.dir / "stages" / f"{name}.json",
+            {"stage": name, "nnprefine_version": __version__, **result},
+        )
+
+    def write_json(self, path: Path, data: Any) -> None:
+        _write_json(path, data)
+
+    # -- task logs -----------------------------------------------------------------------
+    def _task_log(self, stage: str) -> Path:
+        return self.dir / "tasks" / f"{stage}.jsonl"
+
+    def finished_tasks(self, stage: str) -> dict[str, dict[str, Any]]:
+        """Keys (with their small records) of the tasks of ``stage`` that finished."""
+        path = self._task_log(stage)
+        done: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: that task re-runs
+                done[row["key"]] = row
+        return done
+
+    def finish_task(self, stage: str, key: str, **record: Any) -> None:
+        path = self._task_log(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(json.dumps({"key": key, **record}, default=_default) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # -- resources -----------------------------------------------------------------------
+    @contextmanager
+    def executor(self) -> Iterator[Any]:
+        from nnprefine import parallel
+
+        spec = self.config.executor.spec()
+        make = getattr(parallel, "make_executor", None)
+        ex = make(spec) if make is not None else parallel.InProcessExecutor()
+        try:
+            yield ex
+        finally:
+            ex.close()
+
+    def store(self):
+        from nnprefine.dataset import FrameStore
+
+        return FrameStore(
+            self.data_db,
+            elements=(self.config.project.element,),
+            test_fraction=self.config.training.test_fraction,
+        )
+
+    def save_config(self) -> None:
+        """Record the config of this run; note in the log what changed since the last one."""
+        path = self.dir / "config.json"
+        new = config_to_dict(self.config)
+        if path.exists():
+            old = json.loads(path.read_text())
+            changed = sorted(
+                k
+                for k in set(old) | set(new)
+                if old.get(k) != json.loads(json.dumps(new.get(k), default=_default))
+            )
+            if changed:
+                self.say(
+                    f"config sections changed since the last run: {', '.join(changed)}; finished "
+                    "stages keep their results (delete their records under stages/ to redo them)"
+                )
+        _write_json(path, new)

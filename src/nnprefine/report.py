@@ -1,0 +1,307 @@
+"""Figures, ``report.html`` (static, opens offline) and ``summary.json`` of a project.
+
+Everything here works on plain data gathered by the pipeline; nothing is recomputed.
+``summary.json`` is for scripts: its shape is documented in docs/report.md and kept
+stable (add keys, never rename them).
+
+Figures (PNG files beside the report, embedded in the HTML as data URIs):
+
+- ``dataset_growth.png``: labelled frames per iteration, by split;
+- ``disagreement_iter<k>.png``: energy vs max-force committee disagreement of every
+  exploration frame, thresholds and selected frames (paper Fig. 2/3);
+- ``parity.png``: NNP vs reference energy and force components, train and test (Fig. 4);
+- ``yields.png``: yields with error bars, the Eckstein fit and the paper's points (Fig. 5);
+- ``convergence.png``: fraction over threshold and test RMSE per iteration.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SUMMARY_VERSION",
+    "plot_convergence",
+    "plot_dataset_growth",
+    "plot_disagreement",
+    "plot_parity",
+    "write_html",
+    "write_summary",
+]
+
+SUMMARY_VERSION = 1
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_dataset_growth(iterations: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Bar chart of labelled frames per iteration (``train``/``test`` counts per entry)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ks = [int(it["iteration"]) for it in iterations]
+    train = np.array([it.get("train_frames", 0) for it in iterations])
+    test = np.array([it.get("test_frames", 0) for it in iterations])
+    ax.bar(ks, train, label="train", color="tab:blue")
+    ax.bar(ks, test, bottom=train, label="test", color="tab:orange")
+    ax.set_xlabel("refinement iteration (0 = initial data)")
+    ax.set_ylabel("labelled frames (cumulative)")
+    ax.set_xticks(ks)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_disagreement(
+    energy_eV_per_atom: np.ndarray,
+    force_eV_per_A: np.ndarray,
+    selected: np.ndarray,
+    energy_threshold_eV_per_atom: float,
+    force_threshold_eV_per_A: float,
+    path: Path,
+    title: str = "",
+) -> Path:
+    """Committee disagreement of every exploration frame (paper Fig. 2/3).
+
+    Arrays (n_frames,): |ΔE| in eV/atom (plotted in meV/atom), max |ΔF| in eV/Å; ``selected``
+    is a boolean mask of frames sent to the reference.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    e = np.asarray(energy_eV_per_atom) * 1000.0
+    f = np.asarray(force_eV_per_A)
+    sel = np.asarray(selected, dtype=bool)
+    finite = np.isfinite(e) & np.isfinite(f)
+    ax.scatter(f[finite & ~sel], e[finite & ~sel], s=6, alpha=0.5, label="explored", color="0.5")
+    ax.scatter(f[finite & sel], e[finite & sel], s=14, label="selected", color="tab:red")
+    ax.axhline(energy_threshold_eV_per_atom * 1000.0, color="tab:blue", ls="--", lw=1)
+    ax.axvline(force_threshold_eV_per_A, color="tab:blue", ls="--", lw=1, label="thresholds")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel("max |F1 − F2| (eV/Å)")
+    ax.set_ylabel("|E1 − E2| (meV/atom)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_parity(parity: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> Path:
+    """NNP vs reference parity of energies (meV/atom) and force components (eV/Å).
+
+    ``parity[split]`` for split in train/test holds arrays ``energy_ref``, ``energy_nnp``
+    (eV/atom) and ``force_ref``, ``force_nnp`` (eV/Å, flattened components).
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    colors = {"train": "tab:blue", "test": "tab:orange"}
+    for split, data in parity.items():
+        er, en = np.asarray(data["energy_ref"]), np.asarray(data["energy_nnp"])
+        fr, fn = np.asarray(data["force_ref"]), np.asarray(data["force_nnp"])
+        if len(er) == 0:
+            continue
+        rmse_e = 1000 * float(np.sqrt(np.mean((en - er) ** 2)))
+        rmse_f = 1000 * float(np.sqrt(np.mean((fn - fr) ** 2))) if len(fr) else float("nan")
+        axes[0].scatter(
+            er, en, s=6, color=colors.get(split), label=f"{split}: {rmse_e:.2f} meV/atom"
+        )
+        axes[1].scatter(
+            fr, fn, s=2, alpha=0.4, color=colors.get(split), label=f"{split}: {rmse_f:.1f} meV/Å"
+        )
+    for ax, unit in zip(axes, ("E (eV/atom)", "F component (eV/Å)"), strict=True):
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
+        ax.set_xlabel(f"reference {unit}")
+        ax.set_ylabel(f"NNP {unit}")
+        ax.legend(fontsize=8, title="RMSE")
+    return _save(fig, path)
+
+
+def plot_convergence(iterations: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Fraction of exploration frames over threshold and test RMSE per iteration."""
+    plt = _pyplot()
+    rows = [it for it in iterations if it.get("frames_explored")]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if rows:
+        ks = [it["iteration"] for it in rows]
+        ax.plot(
+            ks,
+            [it["fraction_over_threshold"] for it in rows],
+            "o-",
+            label="fraction over threshold",
+        )
+        ax.set_xticks(ks)
+        ax2 = ax.twinx()
+        ax2.plot(
+            ks,
+            [it.get("test_rmse_force_mev_per_A") or np.nan for it in rows],
+            "s--",
+            color="tab:green",
+            label="test force RMSE",
+        )
+        ax2.set_ylabel("test force RMSE (meV/Å)", color="tab:green")
+    ax.set_xlabel("refinement iteration")
+    ax.set_ylabel("fraction over threshold")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_summary(summary: Mapping[str, Any], path: Path) -> Path:
+    """Write ``summary.json`` atomically (write a temporary file, then rename)."""
+    data = {"summary_version": SUMMARY_VERSION, **summary}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=True))
+    os.replace(tmp, path)
+    return path
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            v = row.get(key, "")
+            if isinstance(v, float):
+                v = f"{v:.4g}"
+            cells.append(f"<td>{html.escape(str(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+_CSS = """
+body { font-family: sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+td, th { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
+th { background: #eee; }
+img { max-width: 100%; margin: 0.5em 0; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def write_html(
+    path: Path, summary: Mapping[str, Any], figures: Mapping[str, Path | Sequence[Path]]
+) -> Path:
+    """Write the static report: tables from ``summary`` and the figures, embedded."""
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>nnprefine report: {html.escape(str(summary.get('project', '')))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>nnprefine report: {html.escape(str(summary.get('project', '')))}</h1>",
+        f"<p class='note'>nnprefine {html.escape(str(summary.get('code_version', '')))}, "
+        f"reference {html.escape(json.dumps(summary.get('reference', {})))}</p>",
+    ]
+
+    def figs(name: str) -> str:
+        value = figures.get(name)
+        if value is None:
+            return "<p class='note'>(no figure: this stage has not run)</p>"
+        paths = [value] if isinstance(value, Path) else list(value)
+        return "".join(_img(p) for p in paths if Path(p).exists())
+
+    iterations = summary.get("iterations", [])
+    parts.append("<h2>Refinement</h2>")
+    parts.append(
+        _table(
+            iterations,
+            [
+                ("iteration", "iteration"),
+                ("frames_explored", "explored"),
+                ("frames_selected", "selected"),
+                ("frames_labelled", "labelled"),
+                ("labels_failed", "failed"),
+                ("fraction_over_threshold", "fraction over threshold"),
+                ("train_rmse_energy_mev_per_atom", "train E RMSE (meV/atom)"),
+                ("test_rmse_energy_mev_per_atom", "test E RMSE (meV/atom)"),
+                ("train_rmse_force_mev_per_A", "train F RMSE (meV/Å)"),
+                ("test_rmse_force_mev_per_A", "test F RMSE (meV/Å)"),
+            ],
+        )
+    )
+    if summary.get("refine_stop_reason"):
+        parts.append(f"<p>Stopped because: {html.escape(str(summary['refine_stop_reason']))}</p>")
+    parts.append("<h3>Data set growth</h3>" + figs("dataset_growth"))
+    parts.append("<h3>Convergence</h3>" + figs("convergence"))
+    parts.append(
+        "<h3>Committee disagreement per iteration (paper Fig. 2/3)</h3>" + figs("disagreement")
+    )
+    parts.append("<h2>Accuracy of the final model (paper Fig. 4)</h2>" + figs("parity"))
+    final = summary.get("final_model", {})
+    if final:
+        parts.append(_table([final], [(k, k) for k in final]))
+    lattice = summary.get("lattice", {})
+    if lattice:
+        parts.append("<h2>Lattice constants and slab energy (paper Table 1)</h2>")
+        rows = [{"driver": k, **v} for k, v in lattice.items() if isinstance(v, Mapping)]
+        parts.append(
+            _table(
+                rows,
+                [
+                    ("driver", "driver"),
+                    ("a", "a (Å)"),
+                    ("c", "c (Å)"),
+                    ("energy_eV_per_atom", "bulk E (eV/atom)"),
+                    ("slab_energy_eV_per_atom", "slab E (eV/atom)"),
+                ],
+            )
+        )
+    parts.append("<h2>Sputtering yields (paper Fig. 5, Table 2)</h2>" + figs("yields"))
+    parts.append(
+        _table(
+            summary.get("yields", []),
+            [
+                ("surface", "surface"),
+                ("energy_eV", "E (eV)"),
+                ("driver", "driver"),
+                ("trajectories", "N"),
+                ("sputtered", "sputtered"),
+                ("yield", "yield"),
+                ("error_2sigma", "2σ/√N"),
+                ("reflected", "reflected"),
+                ("core_seconds_per_trajectory", "core-s / trajectory"),
+            ],
+        )
+    )
+    fits = summary.get("eckstein_fits", [])
+    if fits:
+        parts.append("<h3>Eckstein fits</h3>" + _table(fits, [(k, k) for k in fits[0]]))
+    parts.append("</body></html>")
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, path)
+    return path
