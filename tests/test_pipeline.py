@@ -1,0 +1,183 @@
+"""``nnprefine run`` end to end on a tiny project with the real built-in reference.
+
+One uninterrupted run is shared by the module; another run is killed with SIGKILL and
+resumed. The reference logs a fingerprint of every structure it is asked about, so a
+resumed run that re-labelled a stored frame or re-ran a stored trajectory would show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _tiny import TESTS_DIR, position_hash, write_tiny_config
+
+from nnprefine.cli import main
+from nnprefine.config import load_config
+from nnprefine.project import Project
+from nnprefine.sputter import ResultsDB
+
+pytestmark = pytest.mark.slow
+
+
+def _reference(log: Path) -> str:
+    return (
+        'calculator = "_tiny:TestReference"\n'
+        f'kwargs = {{ log_path = "{log}", position_hashes = true }}'
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A tiny project run once to the end by ``nnprefine run``; returns its folder."""
+    folder = tmp_path_factory.mktemp("run")
+    config = write_tiny_config(folder, _reference(folder / "calls.log"))
+    assert main(["run", str(config)]) == 0
+    return folder
+
+
+def _frames(out: Path) -> dict[str, int]:
+    with sqlite3.connect(out / "data.db") as con:
+        return dict(con.execute("SELECT hash, id FROM frames"))
+
+
+def _positions(out: Path) -> list[str]:
+    """Fingerprints of the stored frames' positions, in storage order."""
+    with sqlite3.connect(out / "data.db") as con:
+        rows = con.execute("SELECT positions FROM frames ORDER BY id").fetchall()
+    return [position_hash(np.frombuffer(blob, dtype="<f8").reshape(-1, 3)) for (blob,) in rows]
+
+
+def _trajectories(out: Path) -> list[tuple]:
+    with ResultsDB(out / "results.db") as db:
+        return [
+            (r["surface"], r["energy_eV"], r["idx"], r["seed"], r["n_sputtered"]) for r in db.rows()
+        ]
+
+
+def test_run_writes_report_and_summary_with_every_section(finished):
+    out = finished / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [it["iteration"] for it in summary["iterations"]] == [1, 2]
+    for it in summary["iterations"]:
+        for key in (
+            "frames_explored",
+            "frames_selected",
+            "frames_labelled",
+            "labels_failed",
+            "fraction_over_threshold",
+            "test_rmse_energy_mev_per_atom",
+            "test_rmse_force_mev_per_A",
+        ):
+            assert key in it, key
+        assert it["frames_labelled"] + it["labels_failed"] == it["frames_selected"]
+    for who in ("model", "reference"):
+        assert 2.0 < summary["lattice"][who]["a"] < 2.5
+        assert 3.3 < summary["lattice"][who]["c"] < 3.9
+    assert summary["lattice"]["reference"]["a"] == pytest.approx(2.2395, abs=2e-3)
+    drivers = {(y["driver"], y["energy_eV"]): y for y in summary["yields"]}
+    assert set(drivers) == {("model", 100.0), ("model", 300.0), ("reference", 300.0)}
+    for y in summary["yields"]:
+        assert y["trajectories"] == (2 if y["driver"] == "model" else 1)
+        assert y["yield"] == pytest.approx(y["sputtered"] / y["trajectories"])
+        assert y["error_2sigma"] >= 0 and 0 <= y["reflected"] <= 1
+    # The data set holds exactly what the iterations say they added.
+    with sqlite3.connect(out / "data.db") as con:
+        per_iteration = dict(con.execute("SELECT iteration, COUNT(*) FROM frames GROUP BY 1"))
+    assert per_iteration[0] == summary["initial_frames"]
+    for it in summary["iterations"]:
+        assert per_iteration.get(it["iteration"], 0) == it["frames_labelled"]
+
+    html = (out / "report.html").read_text()
+    figures = ["dataset_growth", "convergence", "disagreement_iter001", "parity", "yields"]
+    for name in figures:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5000, name
+    # Figures are embedded, so the page opens offline and alone.
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) >= len(figures)
+    for heading in ("Refinement", "Parity", "Lattice", "Sputtering yield"):
+        assert heading.lower() in html.lower(), heading
+
+
+def test_run_again_is_a_no_op(finished, capsys):
+    out = finished / "out"
+    calls = (finished / "calls.log").read_text()
+    frames, trajectories = _frames(out), _trajectories(out)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*") if p.is_file()}
+    assert main(["run", str(finished / "tiny.toml")]) == 0
+    printed = capsys.readouterr().out
+    assert "training committee" not in printed and "labelling" not in printed
+    assert (finished / "calls.log").read_text() == calls  # the reference was not asked again
+    assert _frames(out) == frames and _trajectories(out) == trajectories
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_status_lists_every_stage(finished, capsys):
+    assert main(["status", str(finished / "tiny.toml")]) == 0
+    text = capsys.readouterr().out
+    for stage in ("lattice", "initial_data", "refine", "final_model"):
+        assert re.search(rf"{stage}: done", text), stage
+    assert "model 4/4" in text and "reference 1/1 trajectories" in text
+    assert "report: written" in text and "to do" not in text
+
+
+def test_killed_run_resumes_without_redoing_labels_or_trajectories(finished, tmp_path):
+    log = tmp_path / "calls.log"
+    config = write_tiny_config(tmp_path, _reference(log))
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnprefine.cli", "run", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    try:
+        # Kill in the middle: after iteration 1 labelled its frames, while iteration 2 trains.
+        for line in proc.stdout:
+            seen.append(line)
+            if "training committee 'iter-002'" in line:
+                time.sleep(0.3)
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    out = tmp_path / "out"
+    frames_before = _frames(out)
+    calls_before = log.read_text().splitlines()
+    assert not (out / "results.db").exists()
+
+    assert main(["run", str(config)]) == 0
+    resumed_calls = {line.split()[1] for line in log.read_text().splitlines()[len(calls_before) :]}
+    stored_positions = _positions(out)
+    frames_after = _frames(out)
+    # Frames stored before the kill are untouched, none was labelled again, none twice.
+    assert all(frames_after[h] == i for h, i in frames_before.items())
+    assert len(stored_positions) == len(set(stored_positions)) == len(frames_after)
+    old = set(stored_positions[: len(frames_before)])
+    assert not resumed_calls & old
+    # The resumed run ends where the uninterrupted one did: same data, same trajectories.
+    assert sorted(stored_positions) == sorted(_positions(finished / "out"))
+    assert _trajectories(out) == _trajectories(finished / "out")
+    project = Project(load_config(config))
+    assert project.stage_record("refine")["stop_reason"]
+
+
+def test_a_changed_config_is_reported_on_resume(finished, tmp_path, capsys):
+    shutil.copytree(finished / "out", tmp_path / "out")
+    text = (finished / "tiny.toml").read_text().replace("epochs = 4", "epochs = 5")
+    (tmp_path / "tiny.toml").write_text(text.replace(str(finished / "out"), str(tmp_path / "out")))
+    assert main(["report", str(tmp_path / "tiny.toml")]) == 0
+    printed = capsys.readouterr().out
+    assert "config sections changed since the last run: project, training;" in printed
