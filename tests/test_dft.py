@@ -35,7 +35,7 @@ HAVE_GPAW = importlib.util.find_spec("gpaw") is not None
 needs_gpaw = pytest.mark.skipif(
     not HAVE_GPAW,
     reason="GPAW is not installed; install the DFT extra as docs/dft.md says "
-    "(apt-get install libxc-dev libopenblas-dev; CC=g++ pip install -e '.[dft]')",
+    "(apt-get install libxc-dev libopenblas-dev; pip install -e '.[dft]')",
 )
 
 
@@ -300,5 +300,59 @@ def test_gpaw_scf_non_convergence_is_raised_and_the_scratch_kept(tmp_path):
         atoms.get_forces()
     folder = calc.last_scratch_dir
     assert (folder / "FAILED.txt").exists()
-    assert "SCF iterations" in (folder / "gpaw.txt").read_text()
+    assert "Did not converge" in (folder / "gpaw.txt").read_text()  # GPAW's own log
     assert "energy" not in calc.results
+
+
+@pytest.mark.dft
+@needs_gpaw
+def test_one_refinement_iteration_with_gpaw_labels(tmp_path):
+    """Initial labels and the iteration's selected frames all come from GPAW (fast spec).
+
+    A 2×2×2 Be(0001) slab (8 atoms) with tiny networks: the committee is trained on four
+    rattled DFT-labelled frames, explores one 50 eV impact, and the frames it selects are
+    labelled by GPAW and stored with their provenance.
+    """
+    import tomllib
+
+    from _tiny import tiny_config_text
+    from ase.io import write
+
+    from nnprefine.config import config_from_dict
+    from nnprefine.project import Project
+    from nnprefine.refine import label_task, refine_iteration
+    from nnprefine.structures import make_slab
+
+    scratch = tmp_path / "scratch"
+    spec = gpaw_spec("fast", scratch_root=str(scratch))
+    data = tomllib.loads(tiny_config_text(tmp_path / "out"))
+    data["reference"] = spec
+    data["descriptor"]["r_cut_A"] = 3.5
+    data["initial_data"]["slab"] = {"surface": "0001", "size": [2, 2, 2], "vacuum_A": 4.0}
+    data["production"][0]["slab"] = data["initial_data"]["slab"]
+    data["refine"].update(max_selected_per_iteration=2, exploration_duration_fs=3.0)
+    project = Project(config_from_dict(data, base_dir=tmp_path))
+    slab_cfg = project.config.initial_data.slab
+    slab = make_slab("0001", (2, 2, 2), a_A=2.29, c_A=3.58, vacuum_A=4.0, fixed_layers=1)
+    project.slab_path(slab_cfg.label).parent.mkdir(parents=True)
+    write(project.slab_path(slab_cfg.label), slab)
+    initial = []
+    for seed in range(4):
+        frame = slab.copy()
+        frame.rattle(stdev=0.05, seed=seed)
+        initial.append(label_task(frame, spec))
+    with project.store() as store:
+        store.add_many(initial, origin="initial", iteration=0, reference=spec, seed=0)
+    s = refine_iteration(project, 1, slab, slab_cfg.label)
+    assert s["frames_selected"] >= 1
+    assert s["frames_labelled"] == s["frames_selected"] and s["labels_failed"] == 0
+    with project.store() as store:
+        frames = store.frames(iteration=1)
+        assert len(frames) == s["frames_labelled"]
+        for frame in frames:
+            assert frame.info["reference"]["calculator"] == spec["calculator"]
+            assert frame.info["origin"] == "refine" and frame.info["selection"] is not None
+            assert len(frame) == 9  # the slab and the projectile
+            assert -4.0 < frame.get_potential_energy() / len(frame) < 0.0
+            assert np.isfinite(frame.get_forces()).all()
+    assert not any(scratch.iterdir())  # every label cleaned its scratch folder

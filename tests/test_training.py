@@ -162,3 +162,22 @@ def test_unlabelled_frames_are_rejected(sfset, frames):
     atoms.calc = None
     with pytest.raises(DatasetError, match="no labels"):
         train(NNPotential(sfset, hidden=(4,)), [atoms], [], _quick(epochs=1))
+
+
+def test_warm_start_keeps_scaling_offsets_and_the_fit(sfset, frames):
+    """Continuing a trained model on more data starts from where it was, not from a shift."""
+    train_set, test_set = frames[:6], frames[11:]
+    pot = NNPotential(sfset, hidden=(6,), seed=4)
+    train(pot, train_set, test_set, _quick(epochs=8))
+    before = rmse(pot, test_set)
+    scaling, offsets = pot.scaling.to_dict(), dict(pot.energy_offsets_eV)
+    # One epoch at a tiny learning rate on the larger set barely moves the weights, so
+    # the warm-started model must predict as before; a refit of scaling would not.
+    cont = _quick(epochs=1, learning_rate=1e-12, learning_rate_min=0.0, warm_start=True)
+    train(pot, frames[:11], test_set, cont)
+    assert pot.scaling.to_dict() == scaling and pot.energy_offsets_eV == offsets
+    after = rmse(pot, test_set)
+    assert after["energy_meV_per_atom"] == pytest.approx(before["energy_meV_per_atom"], rel=1e-3)
+    cold = pot.copy()
+    train(cold, frames[:11], test_set, _quick(epochs=1, learning_rate=1e-12, learning_rate_min=0.0))
+    assert cold.scaling.to_dict() != scaling  # without warm_start the inputs are refitted

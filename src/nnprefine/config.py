@@ -193,7 +193,11 @@ class NetworkConfig:
     hidden: tuple[int, ...] = (30, 30)
     activation: str = "softplus"
     committee_size: int = 2
+    #: add a ZBL screened-Coulomb pair repulsion, switched off between zbl_inner_A and
+    #: zbl_outer_A (Å); the networks then learn reference − ZBL (nnprefine.model.ZBLBaseline)
     zbl_baseline: bool = False
+    zbl_inner_A: float = 1.0
+    zbl_outer_A: float = 2.0
 
     def validate(self, key: str) -> None:
         _check(
@@ -207,6 +211,12 @@ class NetworkConfig:
             f"{key}.activation",
             "'softplus', 'tanh', 'shifted_softplus' or 'silu'",
             self.activation,
+        )
+        _check(
+            0 < self.zbl_inner_A < self.zbl_outer_A,
+            f"{key}.zbl_inner_A, zbl_outer_A",
+            "0 < zbl_inner_A < zbl_outer_A (Å)",
+            [self.zbl_inner_A, self.zbl_outer_A],
         )
         _check(
             self.committee_size >= 2,
@@ -230,8 +240,17 @@ class TrainingConfig:
     test_fraction: float = 0.1
     early_stopping_patience: int = 20
     warm_start: bool = True
+    #: n2p2's input scaling: scalecenter (n2p2's usual), scalesigma (robust to the rare
+    #: close-collision frames that stretch min/max), scale, center or none
+    scaling_mode: str = "scalecenter"
 
     def validate(self, key: str) -> None:
+        _check(
+            self.scaling_mode in ("none", "scale", "center", "scalecenter", "scalesigma"),
+            f"{key}.scaling_mode",
+            "'scalecenter', 'scalesigma', 'scale', 'center' or 'none'",
+            self.scaling_mode,
+        )
         _check(
             self.optimizer in ("adam", "kalman"),
             f"{key}.optimizer",

@@ -63,6 +63,7 @@ def label_task(atoms: Atoms, reference: dict[str, Any]) -> Atoms:
     frame.constraints = []
     calc = _reference(reference)
     frame.calc = calc
+    t0 = time.perf_counter()
     try:
         energy = frame.get_potential_energy()
         forces = frame.get_forces()
@@ -76,6 +77,7 @@ def label_task(atoms: Atoms, reference: dict[str, Any]) -> Atoms:
     if not (math.isfinite(energy) and np.isfinite(forces).all()):
         raise ReferenceCalculationError("the reference returned NaN or inf")
     frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=np.array(forces))
+    frame.info["label_wall_s"] = time.perf_counter() - t0
     return frame
 
 
@@ -330,7 +332,7 @@ def train_committee(
     Returns the committee and its record (RMSE per member, frames, seconds). When the
     model directory and its record exist, they are loaded instead (resume).
     """
-    from nnprefine.model import Committee
+    from nnprefine.model import Committee, ZBLBaseline
     from nnprefine.training import TrainingSettings, rmse, train
 
     cfg = project.config
@@ -341,19 +343,22 @@ def train_committee(
     with project.store() as store:
         train_frames = store.frames(split="train", max_iteration=max_iteration)
         test_frames = store.frames(split="test", max_iteration=max_iteration)
-    if (
+    warm = (
         warm_start_from is not None
         and project.model_dir(warm_start_from).exists()
         and cfg.training.warm_start
-    ):
+    )
+    if warm:
         committee = Committee.load(project.model_dir(warm_start_from))
     else:
+        net = cfg.network
         committee = Committee.create(
             make_sfset(cfg),
-            n_members=cfg.network.committee_size,
-            hidden=cfg.network.hidden,
-            activation=cfg.network.activation,
+            n_members=net.committee_size,
+            hidden=net.hidden,
+            activation=net.activation,
             seed=project.seed("committee"),
+            baseline=ZBLBaseline(net.zbl_inner_A, net.zbl_outer_A) if net.zbl_baseline else None,
         )
     t = cfg.training
     settings = TrainingSettings(
@@ -366,6 +371,8 @@ def train_committee(
         batch_size_frames=t.batch_size,
         learning_rate=t.learning_rate,
         kalman_force_fraction=t.force_fraction,
+        scaling_mode=t.scaling_mode,
+        warm_start=warm,
     )
     project.say(
         f"training committee '{name}': {len(train_frames)} train / {len(test_frames)} test frames"
@@ -538,10 +545,14 @@ def _label_selected(
         project.say(f"iteration {k}: labelling {len(tasks)} frames with the reference")
         by_key = dict(tasks)
         with project.executor() as ex:
-            for out in ex.run(label_task, tasks, dict(reference=ref)):
+            for n_done, out in enumerate(ex.run(label_task, tasks, dict(reference=ref)), 1):
                 i = int(out.key.split("-")[1])
                 prov = provenance[i]
                 if out.ok:
+                    project.log.info(
+                        f"  label {n_done}/{len(tasks)} ({prov['trajectory']}, "
+                        f"{prov['time_fs']:.1f} fs): {out.value.info['label_wall_s']:.2f} s"
+                    )
                     store.add(
                         out.value,
                         origin="refine",

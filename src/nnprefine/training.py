@@ -80,6 +80,9 @@ class TrainingSettings:
     scale_min: float = -1.0
     scale_max: float = 1.0
     fit_energy_offsets: bool = True
+    #: continue a trained model: keep its input scaling, energy offsets and output bias
+    #: (refitting them would shift the inputs under the trained weights)
+    warm_start: bool = False
     neighbour_cache_mib_per_frame: float = 0.5
     quiet: bool = False
 
@@ -515,6 +518,7 @@ def _train_member(
     member_dir: Path | None,
     member_index: int,
     progress: Any,
+    warm: bool = False,
 ) -> TrainingHistory:
     rng = np.random.default_rng([s.seed, member_index])
     history = TrainingHistory()
@@ -527,7 +531,7 @@ def _train_member(
         pot.set_weight_arrays(ck.weight_arrays())
         history = TrainingHistory(**state["history"])
         rng.bit_generator.state = state["rng"]
-    else:
+    elif not warm:
         _center_outputs(pot, train_set)
     _set_offsets(train_set, pot)
     _set_offsets(test_set, pot)
@@ -647,6 +651,9 @@ def train(
 ) -> TrainingHistory | list[TrainingHistory]:
     """Fit scaling and energy offsets on ``train_frames``, then train every member.
 
+    With ``settings.warm_start`` and a committee that was trained before, scaling,
+    offsets and output biases are kept and training continues from its weights.
+
     train_frames, test_frames: labelled ``Atoms`` (energy eV, forces eV/Å on ``.calc``);
     see :func:`split_frames`. Returns the history (a list for a committee). The model is
     changed in place and ends with its best-on-test weights. See the module docstring for
@@ -664,7 +671,9 @@ def train(
     if log_path is not None:
         log_path.mkdir(parents=True, exist_ok=True)
         (log_path / "settings.json").write_text(json.dumps(s.to_dict(), indent=1) + "\n")
-    _fit_inputs(pot0, train_set, s)
+    warm = s.warm_start and all("training" in pot.metadata for pot in members)
+    if not warm:
+        _fit_inputs(pot0, train_set, s)
     for pot in members[1:]:
         pot.scaling, pot.energy_offsets_eV = pot0.scaling, dict(pot0.energy_offsets_eV)
     histories = []
@@ -685,7 +694,9 @@ def train(
             member_dir = None if log_path is None else log_path / f"member_{k:03d}"
             if member_dir is not None:
                 member_dir.mkdir(exist_ok=True)
-            histories.append(_train_member(pot, train_set, test_set, s, member_dir, k, progress))
+            histories.append(
+                _train_member(pot, train_set, test_set, s, member_dir, k, progress, warm)
+            )
     finally:
         if progress is not None:
             progress.stop()
