@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _tiny import TESTS_DIR, position_hash, write_tiny_config
+from ase.io import read
 
 from nnprefine.cli import main
 from nnprefine.config import load_config
@@ -181,3 +182,32 @@ def test_a_changed_config_is_reported_on_resume(finished, tmp_path, capsys):
     assert main(["report", str(tmp_path / "tiny.toml")]) == 0
     printed = capsys.readouterr().out
     assert "config sections changed since the last run: project, training;" in printed
+
+
+def test_production_slab_prepared_by_the_model(finished, tmp_path):
+    """With structures.production_slab_driver = "model" the NNP, not the reference,
+    relaxes and equilibrates the production slab (what a DFT reference needs)."""
+    shutil.copytree(finished / "out", tmp_path / "out")
+    (tmp_path / "out" / "results.db").unlink()
+    text = (
+        (finished / "tiny.toml").read_text().replace(str(finished / "out"), str(tmp_path / "out"))
+    )
+    text = text.replace("fixed_layers = 1", 'fixed_layers = 1\nproduction_slab_driver = "model"')
+    text = text.replace(str(finished / "calls.log"), str(tmp_path / "calls.log"))
+    (tmp_path / "tiny.toml").write_text(text)
+    calls = (finished / "calls.log").read_text().splitlines()
+    shutil.copy(finished / "calls.log", tmp_path / "calls.log")
+    assert main(["sputter", str(tmp_path / "tiny.toml")]) == 0
+    slabs = tmp_path / "out" / "slabs"
+    assert (slabs / "Be(0001)-3x3x3-model.traj").exists()
+    model_slab = read(slabs / "Be(0001)-3x3x3-model.traj")
+    reference_slab = read(slabs / "Be(0001)-3x3x3.traj")
+    assert len(model_slab) == len(reference_slab)
+    assert np.abs(model_slab.positions - reference_slab.positions).max() > 1e-3
+    assert len(_trajectories(tmp_path / "out")) == 5
+    # The reference was asked only for its own campaign (one 300 eV trajectory), not for
+    # relaxing or equilibrating the slab.
+    new_calls = len((tmp_path / "calls.log").read_text().splitlines()) - len(calls)
+    with ResultsDB(tmp_path / "out" / "results.db") as db:
+        (ref_run,) = [r for r in db.rows() if r["surface"].endswith("/reference")]
+    assert new_calls <= ref_run["steps"] + 1  # one force call per step, plus the first

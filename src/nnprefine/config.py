@@ -99,8 +99,18 @@ class StructuresConfig:
     equilibration_timestep_fs: float = 1.0
     thermostat: str = "nose-hoover"
     fixed_layers: int = 2
+    #: what relaxes and equilibrates the production slabs: "reference" (in `init`) or
+    #: "model" (member 1 of the final committee, in `sputter`) — for DFT references,
+    #: whose cost for a 500-atom slab would dwarf the rest of the run
+    production_slab_driver: str = "reference"
 
     def validate(self, key: str) -> None:
+        _check(
+            self.production_slab_driver in ("reference", "model"),
+            f"{key}.production_slab_driver",
+            "'reference' or 'model'",
+            self.production_slab_driver,
+        )
         for name in (
             "a_A",
             "c_A",

@@ -32,7 +32,10 @@ def init(project: Project) -> dict[str, Any]:
     """Lattice constants, all slabs of the config, and the initial data set."""
     cfg = project.config
     lattice(project)
-    for slab in [cfg.initial_data.slab, *(p.slab for p in cfg.production)]:
+    slabs = [cfg.initial_data.slab]
+    if cfg.structures.production_slab_driver == "reference":
+        slabs += [p.slab for p in cfg.production]
+    for slab in slabs:
         prepared_slab(project, slab)
     if cfg.refine.second_surface_slab is not None:
         prepared_slab(project, cfg.refine.second_surface_slab)
@@ -167,7 +170,10 @@ def sputter(project: Project) -> dict[str, Any]:
     estimates = {}
     for c in _campaigns(project):
         prod = c["production"]
-        slab = prepared_slab(project, prod.slab)
+        if cfg.structures.production_slab_driver == "model":
+            slab = prepared_slab(project, prod.slab, calc=NNPCalculator(member), tag="-model")
+        else:
+            slab = prepared_slab(project, prod.slab)
         if c["driver"] == "model":
             calc, r_cut = NNPCalculator(member), member.r_cut_A
         else:

@@ -84,13 +84,17 @@ def label_task(atoms: Atoms, reference: dict[str, Any]) -> Atoms:
 # -- slabs -------------------------------------------------------------------------------
 
 
-def prepared_slab(project: Project, slab: SlabConfig) -> Atoms:
-    """The relaxed, equilibrated slab of ``slab`` (built with the reference once, then read)."""
+def prepared_slab(project: Project, slab: SlabConfig, calc: Any = None, tag: str = "") -> Atoms:
+    """The relaxed, equilibrated slab of ``slab`` (built once, then read from its file).
+
+    ``calc``: what relaxes and equilibrates it (default: the reference); ``tag`` names the
+    file apart from the reference-prepared one (``slabs/<label><tag>.traj``).
+    """
     from ase.io import read, write
 
     from nnprefine.structures import equilibrate_nvt, make_slab, relax_slab
 
-    path = project.slab_path(slab.label)
+    path = project.slab_path(slab.label + tag)
     if path.exists():
         return read(path)
     cfg = project.config
@@ -105,7 +109,7 @@ def prepared_slab(project: Project, slab: SlabConfig) -> Atoms:
         fixed_layers=cfg.structures.fixed_layers,
         element=cfg.project.element,
     )
-    ref = _reference(cfg.reference.spec())
+    ref = calc if calc is not None else _reference(cfg.reference.spec())
     t0 = time.perf_counter()
     relax_slab(atoms, ref, fmax_eV_per_A=cfg.structures.relax_fmax_eV_per_A)
     if cfg.structures.equilibration_fs > 0:
