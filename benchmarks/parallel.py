@@ -123,6 +123,7 @@ def independent_processes(n_procs: int, n_tasks: int, args: argparse.Namespace) 
         str(args.energy_eV),
         "--unit",
         args.unit,
+        *(["--model", args.model] if args.model else []),
     ]
     procs = [
         subprocess.Popen(
@@ -142,12 +143,23 @@ def independent_processes(n_procs: int, n_tasks: int, args: argparse.Namespace) 
     return max(times)
 
 
+def make_calc(model_dir: str | None) -> Any:
+    """The force field of the tasks: built-in SNAP, or member 1 of a saved committee."""
+    if not model_dir:
+        from nnprefine.reference import SnapReference
+
+        return SnapReference()
+    from nnprefine.calculators import NNPCalculator
+    from nnprefine.model import Committee
+
+    return NNPCalculator(Committee.load(model_dir).members[0])
+
+
 def loop_only(args: argparse.Namespace) -> None:
     """One baseline process: build the slab, then time ``--tasks`` impacts in a loop."""
     from nnprefine.parallel import InProcessExecutor
-    from nnprefine.reference import SnapReference
 
-    shared = {"calc": SnapReference(), "slab": production_slab()}
+    shared = {"calc": make_calc(args.model), "slab": production_slab()}
     tasks = task_list(args.tasks, args.energy_eV, args.steps, args.first_seed)
     print(json.dumps({"loop_s": timed_run(InProcessExecutor(), tasks, shared, args.unit)}))
 
@@ -168,6 +180,12 @@ def main() -> None:
         default="ase",
         help="ase: ASE velocity Verlet; impact: nnprefine.impact.run_impact (campaign code)",
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="committee directory (e.g. runs/be0001-quick/models/final): time its member 1 "
+        "instead of the built-in SNAP reference",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the best counts")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 tasks of 5 steps")
     parser.add_argument("--loop-only", action="store_true", help=argparse.SUPPRESS)
@@ -182,12 +200,12 @@ def main() -> None:
         parser.error("--tasks must be even, so that two workers get equal shares")
 
     from nnprefine.parallel import DaskExecutor, InProcessExecutor, usable_cores
-    from nnprefine.reference import SnapReference
 
     n, steps = args.tasks, args.steps
-    shared = {"calc": SnapReference(), "slab": production_slab()}
+    shared = {"calc": make_calc(args.model), "slab": production_slab()}
+    driver = f"NNP {args.model}" if args.model else "built-in SNAP"
     print(
-        f"task: one {args.energy_eV:g} eV impact on the 491-atom Be(0001) slab, built-in SNAP, "
+        f"task: one {args.energy_eV:g} eV impact on the 491-atom Be(0001) slab, {driver}, "
         f"{steps} steps of {TIMESTEP_FS} fs; {n} tasks per measurement; "
         f"{usable_cores()} usable cores; load average {os.getloadavg()[0]:.2f}"
     )
@@ -252,6 +270,7 @@ def main() -> None:
     )
     results = {k: round(v, 3) for k, v in results.items()}
     extra = {"task_steps": steps, "tasks": n, "repeats": args.repeats, "slab_atoms": 491}
+    extra["driver"] = "nnp" if args.model else "snap"
     print(json.dumps({**results, **extra}))
 
 
