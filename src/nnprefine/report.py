@@ -263,7 +263,17 @@ def write_html(
     parts.append("<h2>Accuracy of the final model (paper Fig. 4)</h2>" + figs("parity"))
     final = summary.get("final_model", {})
     if final:
-        parts.append(_table([final], [(k, k) for k in final]))
+        rows = [
+            {
+                "set": split,
+                "frames": final.get(f"{split}_frames"),
+                "e": final.get(f"{split}_rmse_energy_mev_per_atom"),
+                "f": final.get(f"{split}_rmse_force_mev_per_A"),
+            }
+            for split in ("train", "test")
+        ]
+        cols = [("set", "set"), ("frames", "frames"), ("e", "E RMSE (meV/atom)")]
+        parts.append(_table(rows, [*cols, ("f", "F RMSE (meV/Å)")]))
     lattice = summary.get("lattice", {})
     if lattice:
         parts.append("<h2>Lattice constants and slab energy (paper Table 1)</h2>")
