@@ -20,7 +20,6 @@ Install the DFT code with the ``dft`` extra; ``docs/dft.md`` has the recipe.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from nnprefine.errors import ConfigError, ReferenceCalculationError
-from nnprefine.reference import make_reference, reference_spec
+from nnprefine.reference import import_calculator, make_reference, reference_spec
 
 __all__ = [
     "GPAW_QUALITIES",
@@ -425,24 +424,7 @@ def _import_factory(name: str) -> Any:
     """The class or function a ``module:attr`` calculator name points to (imported now)."""
     if name in ("builtin-snap", "snap"):
         return None
-    module_name, sep, attr = name.partition(":")
-    if not sep:
-        module_name, _, attr = name.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(
-            f"inner calculator {name!r} is not an import path like 'gpaw:GPAW' or "
-            "'ase.calculators.cp2k:CP2K'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"inner calculator {name!r}: cannot import {module_name!r} ({exc}); install the "
-            "code that provides it (for GPAW: the 'dft' extra, see docs/dft.md)"
-        ) from exc
-    if not hasattr(module, attr):
-        raise ConfigError(f"inner calculator {name!r}: module {module_name!r} has no {attr!r}")
-    return getattr(module, attr)
+    return import_calculator(name, "inner calculator")
 
 
 def _check_finite(results: Mapping[str, Any], n_atoms: int) -> None:

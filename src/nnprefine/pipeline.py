@@ -207,7 +207,6 @@ def _yields(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     """Rows of ``summary.json``'s ``yields`` and Eckstein fits, from ``results.db``."""
     from nnprefine.errors import NnprefineError
     from nnprefine.sputter import ResultsDB
-    from nnprefine.yields import fit_eckstein
 
     rows, fits = [], []
     with ResultsDB(project.results_db) as db:
@@ -235,16 +234,13 @@ def _yields(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                         "core_seconds_per_trajectory": cost[e.energy_eV],
                     }
                 )
-            if c["driver"] == "model" and len(ests) >= 3 and any(e.n_sputtered for e in ests):
+            if c["driver"] == "model":
                 try:
-                    fit = fit_eckstein(
-                        [e.energy_eV for e in ests],
-                        [e.yield_ for e in ests],
-                        [e.fit_sigma for e in ests],
-                        fixed={"mu": 1.34, "lambda_": 2.03},
-                    )
+                    fit = _eckstein_fit(ests)
                 except (NnprefineError, RuntimeError, ValueError) as exc:
                     project.say(f"Eckstein fit of {c['label']} failed: {exc}")
+                    continue
+                if fit is None:
                     continue
                 fits.append(
                     {
@@ -259,9 +255,26 @@ def _yields(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return rows, fits
 
 
+def _eckstein_fit(ests: list[Any]) -> Any:
+    """Eckstein fit of a campaign's yields with μ and λ fixed at the paper's values.
+
+    None when there is nothing to fit (fewer than 3 energies, or no sputtering at all).
+    """
+    from nnprefine.yields import fit_eckstein
+
+    if len(ests) < 3 or not any(e.n_sputtered for e in ests):
+        return None
+    return fit_eckstein(
+        [e.energy_eV for e in ests],
+        [e.yield_ for e in ests],
+        [e.fit_sigma for e in ests],
+        fixed={"mu": 1.34, "lambda_": 2.03},
+    )
+
+
 def _yield_plot(project: Project, path: Any) -> Any:
     from nnprefine.sputter import ResultsDB
-    from nnprefine.yields import EcksteinFit, fit_eckstein, plot_yields
+    from nnprefine.yields import plot_yields
 
     model_runs = [c for c in _campaigns(project) if c["driver"] == "model"]
     if not model_runs:
@@ -271,17 +284,10 @@ def _yield_plot(project: Project, path: Any) -> Any:
         ests = [e for e in db.yields(c["label"]) if e.n > 0]
     if not ests:
         return None
-    fit: EcksteinFit | None = None
-    if len(ests) >= 3 and any(e.n_sputtered for e in ests):
-        try:
-            fit = fit_eckstein(
-                [e.energy_eV for e in ests],
-                [e.yield_ for e in ests],
-                [e.fit_sigma for e in ests],
-                fixed={"mu": 1.34, "lambda_": 2.03},
-            )
-        except Exception:  # a failed fit is reported in the summary; the plot shows the points
-            fit = None
+    try:
+        fit = _eckstein_fit(ests)
+    except Exception:  # a failed fit is reported in the summary; the plot shows the points
+        fit = None
     return plot_yields(
         path,
         ests,

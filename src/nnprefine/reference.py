@@ -317,6 +317,32 @@ def reference_spec(spec: Mapping[str, Any] | str | None) -> dict[str, Any]:
     return {"calculator": name, "kwargs": dict(kwargs)}
 
 
+def import_calculator(name: str, key: str = "reference.calculator") -> Any:
+    """The class or function an import path ``"package.module:Class"`` names (imported now).
+
+    ``package.module.Class`` (dots only) is accepted too; ``key`` names the setting in
+    error messages, which say what is wrong and what to install.
+    """
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        module_name, _, attr = name.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(
+            f"{key} = {name!r} is neither 'builtin-snap' nor an import path like "
+            "'ase.calculators.emt:EMT' or 'gpaw:GPAW'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{key} = {name!r}: cannot import {module_name!r} ({exc}); install the code that "
+            "provides it in this environment (for GPAW: the 'dft' extra, see docs/dft.md)"
+        ) from exc
+    if not hasattr(module, attr):
+        raise ConfigError(f"{key} = {name!r}: module {module_name!r} has no {attr!r}")
+    return getattr(module, attr)
+
+
 def make_reference(spec: Mapping[str, Any] | str | None = None) -> Calculator:
     """Build the reference calculator a spec names.
 
@@ -329,27 +355,7 @@ def make_reference(spec: Mapping[str, Any] | str | None = None) -> Calculator:
     name, kwargs = spec["calculator"], spec["kwargs"]
     if name in ("builtin-snap", "snap"):
         return SnapReference(**kwargs)
-    module_name, sep, attr = name.partition(":")
-    if not sep:
-        module_name, _, attr = name.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(
-            f"reference.calculator = {name!r} is neither 'builtin-snap' nor an import path "
-            "like 'ase.calculators.emt:EMT'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"reference.calculator = {name!r}: cannot import {module_name!r} ({exc}); "
-            "install the code that provides it in this environment"
-        ) from exc
-    try:
-        factory = getattr(module, attr)
-    except AttributeError as exc:
-        raise ConfigError(
-            f"reference.calculator = {name!r}: module {module_name!r} has no {attr!r}"
-        ) from exc
+    factory = import_calculator(name, "reference.calculator")
     try:
         calc = factory(**kwargs)
     except TypeError as exc:
