@@ -149,3 +149,21 @@ def test_training_keywords_are_ignored_and_baseline_snippet(model, tmp_path):
     snippet = (tmp_path / "lammps.in").read_text()
     assert "hybrid/overlay hdnnp" in snippet and "zbl 1 2" in snippet
     assert "pair_coeff 1 1 zbl 4 4" in snippet
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("0", True), ("2", True), ("2G-HDNNP", True), ("1", False), ("4G-HDNNP", False)],
+)
+def test_nnp_type_short_range_only(model, tmp_path, value, ok):
+    """n2p2 ≤ 2.3 spells the short-range network 0 (1 adds a charge network), later
+    versions 2 or 2G-HDNNP; the export writes no nnp_type, which all versions accept."""
+    write_n2p2(model, tmp_path)
+    inp = tmp_path / "input.nn"
+    assert "nnp_type" not in [p[0] for p in _content(inp)]
+    inp.write_text(inp.read_text() + f"nnp_type {value}\n")
+    if ok:
+        read_n2p2(tmp_path)
+    else:
+        with pytest.raises(ModelError, match=rf"input\.nn, line \d+: nnp_type {value}"):
+            read_n2p2(tmp_path)

@@ -83,7 +83,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     committee = Committee.load(model_dir)
     out = args.output or str(project.dir / "n2p2" / args.model)
     write_n2p2(committee.members[args.member], out)
-    print(f"n2p2 files of member {args.member + 1} of '{args.model}' written to {out}")
+    print(f"n2p2 files of member index {args.member} of '{args.model}' written to {out}")
     return 0
 
 
@@ -116,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-n2p2", help="write a trained model as n2p2 files")
     p.add_argument("config")
     p.add_argument("--model", default="final", help="model name under models/ (default: final)")
-    p.add_argument("--member", type=int, default=0, help="committee member, from 0 (default: 0)")
+    p.add_argument(
+        "--member",
+        type=int,
+        default=0,
+        help="committee member index, from 0 = NNP1, the member that drives MD (default: 0)",
+    )
     p.add_argument("--output", help="output folder (default: <output_dir>/n2p2/<model>)")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser(

@@ -23,7 +23,11 @@ Supported ``input.nn`` keywords: ``number_of_elements``, ``elements``, ``atom_en
 ``cutoff_type``, ``scale_symmetry_functions``, ``center_symmetry_functions``,
 ``scale_symmetry_functions_sigma``, ``scale_min_short``, ``scale_max_short``,
 ``global_hidden_layers_short``, ``global_nodes_short``, ``global_activation_short``,
-``symfunction_short`` (types 2, 3, 9 as the descriptor supports them), ``nnp_type 1``.
+``symfunction_short`` (types 2, 3, 9 as the descriptor supports them), ``nnp_type`` for
+the short-range network only (``0`` in n2p2 ≤ 2.3, ``2``/``2G-HDNNP`` later; it is not
+written, since every version defaults to it). Checked against n2p2 itself (master,
+2026-11-25): ``nnp-predict`` on exported files gives our energies to 1e-15 eV/atom and
+forces to 1e-14 eV/Å (docs/benchmarks.md, "n2p2 cross-check").
 Training-only keywords of ``nnp-train`` (listed in ``TRAINING_KEYWORDS``) are ignored.
 Anything else — e.g. data normalisation (``mean_energy``, ``conv_energy``,
 ``conv_length``), ``normalize_nodes``, per-element topologies, 4G/charge networks — is
@@ -186,7 +190,8 @@ def write_n2p2(pot: NNPotential, directory: str | os.PathLike[str]) -> Path:
     out = [
         f"# n2p2 potential written by nnprefine {__version__}",
         "# units: eV, Angstrom (pair_style hdnnp ... cflength 1.0 cfenergy 1.0)",
-        "nnp_type 1",
+        # No nnp_type line: every n2p2 version defaults to the short-range (2G) network,
+        # while the values differ between versions (releases <= 2.3: 0; master: 2/2G-HDNNP).
         f"number_of_elements {len(elements)}",
         "elements " + " ".join(elements),
     ]
@@ -331,12 +336,13 @@ def read_n2p2(
         else:
             if key == "cutoff_type":
                 cutoff_line = " ".join(parts)
-            if key == "nnp_type" and args != ["1"]:
+            if key == "nnp_type" and args not in (["0"], ["2"], ["2G-HDNNP"]):
                 raise _fail(
                     path,
                     number,
-                    f"nnp_type {' '.join(args)} is not supported; only "
-                    "short-range networks (nnp_type 1)",
+                    f"nnp_type {' '.join(args)} is not supported; only short-range networks "
+                    "(nnp_type 0 in n2p2 <= 2.3, 2 or 2G-HDNNP in later versions, or no "
+                    "nnp_type line)",
                 )
             if key in seen:
                 raise _fail(
