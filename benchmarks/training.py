@@ -100,6 +100,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--optimizer", default="kalman", choices=("adam", "kalman"))
     ap.add_argument("--force-fraction", type=float, default=0.01)
+    ap.add_argument("--learning-rate", type=float, default=5e-3, help="Adam's initial rate")
+    ap.add_argument(
+        "--scaling", default="scalesigma", help="input scaling (n2p2 variants; see descriptors)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-dir", default=None)
     args = ap.parse_args()
@@ -132,8 +136,9 @@ def main() -> None:
         energy_weight=1.0 if args.optimizer == "kalman" else 100.0,
         force_weight=1.0,
         batch_size_frames=4,
-        learning_rate=2e-3,
+        learning_rate=args.learning_rate,
         learning_rate_decay_per_epoch=0.92,
+        scaling_mode=args.scaling,
         patience_epochs=max(10, args.epochs // 3),
         kalman_force_fraction=args.force_fraction,
         quiet=False,

@@ -99,6 +99,56 @@ def test_sanity_observer_flags_overlap_and_exploding_energy():
     assert "total energy" in sanity.detail
 
 
+class EMTWithHole(Calculator):
+    """EMT plus a spurious Gaussian well (depth_eV, eV) in the distance of the last two
+    atoms (neighbours in the top layer of ``thermal_slab``).
+
+    The kind of hole an under-trained NNP can have: energy is conserved exactly, yet the
+    potential energy it releases would blow the slab apart.
+    """
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, depth_eV: float, r0_A: float = 1.2, width_A: float = 0.5):
+        super().__init__()
+        self.depth_eV, self.r0_A, self.width_A = depth_eV, r0_A, width_A
+        self.emt = EMT()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        a = self.atoms.copy()
+        a.calc = self.emt
+        energy, forces = a.get_potential_energy(), a.get_forces()
+        d = a.positions[-1] - a.positions[-2]
+        r = np.linalg.norm(d)
+        x = (r - self.r0_A) / self.width_A
+        well = -self.depth_eV * np.exp(-(x**2))
+        dwell_dr = -2.0 * x / self.width_A * well
+        forces[-2] += dwell_dr * d / r
+        forces[-1] -= dwell_dr * d / r
+        self.results = {"energy": energy + well, "forces": forces}
+
+
+def test_sanity_observer_flags_a_spurious_minimum_that_conserves_energy():
+    atoms = thermal_slab(temperature_K=50.0)
+    # The two atoms sit 2.55 Å apart, on the flank of a 60 eV well centred at 2.2 Å.
+    atoms.calc = EMTWithHole(depth_eV=60.0, r0_A=2.2, width_A=0.3)
+    sanity = SanityObserver(
+        atoms, min_distance_A=0.0, max_energy_drift_eV=1.0, max_potential_drop_eV=30.0
+    )
+    dyn = VelocityVerlet(atoms, 0.02)
+    dyn.attach(sanity, 1)
+    assert dyn.run(20.0) == "unphysical"
+    assert "potential energy fell" in sanity.detail  # the total energy stayed within 1 eV
+
+    # The same run on plain EMT is physical: the check does not fire on a sound potential.
+    atoms = thermal_slab(temperature_K=50.0)
+    sanity = SanityObserver(atoms, min_distance_A=0.0, max_potential_drop_eV=30.0)
+    dyn = VelocityVerlet(atoms, 1.0)
+    dyn.attach(sanity, 1)
+    assert dyn.run(50.0) == "duration"
+
+
 class NaNAfter(Calculator):
     """EMT until a given number of calls, then NaN forces (a potential leaving its domain)."""
 

@@ -332,6 +332,8 @@ class ImpactSettings:
     heat_sink_bottom_width_A: float = 3.0
     min_distance_A: float = 0.2
     max_energy_drift_eV: float = 10.0
+    #: potential energy may fall at most this far below its start (eV); None = unchecked
+    max_potential_drop_eV: float | None = 30.0
 
     def __post_init__(self) -> None:
         if self.early_stop not in ("off", "on", "shadow"):
@@ -449,7 +451,12 @@ def run_impact(
         raise SimulationError(f"impact seed {seed}: first force call failed: {exc}") from exc
     s = dyn.state
     e0 = s.total_eV
-    sanity = SanityObserver(atoms, settings.min_distance_A, settings.max_energy_drift_eV)
+    sanity = SanityObserver(
+        atoms,
+        settings.min_distance_A,
+        settings.max_energy_drift_eV,
+        max_potential_drop_eV=settings.max_potential_drop_eV,
+    )
     dyn.attach(sanity, 1)
     tracker = _MaxTracker(disagreement_key)
     dyn.attach(tracker, 1)

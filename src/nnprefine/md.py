@@ -393,8 +393,13 @@ class SanityObserver:
 
     Checks every call: finite positions, velocities and energy; no two atoms closer than
     ``min_distance_A`` (periodic images included); total energy (plus any heat a sink
-    removed) within ``max_energy_drift_eV`` of its value at the first call. ``detail``
-    says what was found.
+    removed) within ``max_energy_drift_eV`` of its value at the first call; and, when
+    ``max_potential_drop_eV`` is set, potential energy no more than that below its value
+    at the first call. The last catches a potential with a spurious deep minimum (an
+    under-trained NNP): the integrator then conserves energy perfectly while the released
+    potential energy blows the slab apart. From a relaxed slab with an isolated projectile
+    a physical drop is bounded by the projectile's binding (a few eV) and thermal
+    fluctuations. ``detail`` says what was found.
     """
 
     reason = "unphysical"
@@ -404,6 +409,7 @@ class SanityObserver:
         atoms: Atoms,
         min_distance_A: float = 0.2,
         max_energy_drift_eV: float = 10.0,
+        max_potential_drop_eV: float | None = None,
     ) -> None:
         if min_distance_A < 0 or max_energy_drift_eV <= 0:
             raise ConfigError(
@@ -413,7 +419,9 @@ class SanityObserver:
         self._probe = Atoms(numbers=atoms.numbers, cell=atoms.cell, pbc=atoms.pbc)
         self.min_distance_A = float(min_distance_A)
         self.max_energy_drift_eV = float(max_energy_drift_eV)
+        self.max_potential_drop_eV = max_potential_drop_eV
         self.initial_total_eV: float | None = None
+        self.initial_potential_eV: float | None = None
         self.detail: str | None = None
 
     def __call__(self, state: MDState) -> str | None:
@@ -429,6 +437,15 @@ class SanityObserver:
             return self.reason
         if self.initial_total_eV is None:
             self.initial_total_eV = total
+            self.initial_potential_eV = state.energy_eV
+        if self.max_potential_drop_eV is not None:
+            drop = self.initial_potential_eV - state.energy_eV
+            if drop > self.max_potential_drop_eV:
+                self.detail = (
+                    f"potential energy fell by {drop:.3f} eV (limit {self.max_potential_drop_eV}"
+                    f" eV) at t = {state.time_fs:.3f} fs: a spurious minimum of the potential"
+                )
+                return self.reason
         drift = total - self.initial_total_eV
         if abs(drift) > self.max_energy_drift_eV:
             self.detail = (
