@@ -123,6 +123,17 @@ def test_atom_far_above_moving_up_is_sputtered():
     np.testing.assert_allclose(s.direction, np.array([0.01, 0, 0.05]) / math.sqrt(v2))
 
 
+def test_atom_transmitted_through_the_bottom_does_not_detach_the_slab():
+    """A projectile that went through a thin slab is far below it; the slab's atoms,
+    half of them moving up thermally, are still the slab, not sputtered atoms."""
+    pos, vel, m = _flat_slab()
+    vel = np.random.default_rng(0).normal(scale=0.005, size=vel.shape)
+    pos, vel, m = _with(pos, vel, m, [[1.0, 1.0, -12.0]], [[0.0, 0.0, -0.1]])
+    out = classify(pos, vel, m, projectile_index=len(pos) - 1, surface_z_A=1.8, r_cut_A=4.8)
+    assert out.n_sputtered == 0 and not out.reflected
+    assert out.slab_top_z_A == pytest.approx(1.8)
+
+
 def test_projectile_leaving_is_reflected_not_sputtered():
     pos, vel, m = _with(*_flat_slab(), [[1.0, 1.0, 1.8 + 6.0]], [[0.0, 0.0, 0.2]])
     out = classify(pos, vel, m, projectile_index=len(pos) - 1, surface_z_A=1.8, r_cut_A=4.8)

@@ -186,9 +186,16 @@ def _flight(index: int, v: np.ndarray, ke: float) -> SputteredAtom:
 
 
 def _detached(z: np.ndarray, r_cut_A: float) -> tuple[np.ndarray, float]:
+    """Atoms above the slab's first gap wider than ``r_cut_A``, and the slab's top z (Å).
+
+    Gaps are searched from the middle of the slab (the median height) upwards, so an atom
+    that left through the bottom (transmitted through a thin slab) does not make the
+    whole slab look detached.
+    """
     order = np.argsort(z, kind="stable")
     zs = z[order]
-    gaps = np.flatnonzero(np.diff(zs) > r_cut_A)
+    start = len(zs) // 2
+    gaps = start + np.flatnonzero(np.diff(zs[start:]) > r_cut_A)
     top = len(zs) - 1 if len(gaps) == 0 else int(gaps[0])
     detached = np.zeros(len(z), dtype=bool)
     detached[order[top + 1 :]] = True
