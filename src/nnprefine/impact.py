@@ -482,9 +482,21 @@ def run_impact(
     for fn, interval in observers:
         dyn.attach(fn, interval)
 
+    def outcome_now() -> Outcome:
+        return classify(
+            s.positions,
+            s.velocities,
+            s.masses,
+            spec.projectile_index,
+            spec.surface_z_A,
+            r_cut,
+            settings.flight_margin_A,
+        )
+
     n_ext = 0
     duration = settings.duration_fs
     while True:
+        outcome = None
         try:
             reason = dyn.run(duration)
         except SimulationError as exc:
@@ -495,28 +507,13 @@ def run_impact(
             break
         if reason != "duration":
             break
-        outcome = classify(
-            s.positions,
-            s.velocities,
-            s.masses,
-            spec.projectile_index,
-            spec.surface_z_A,
-            r_cut,
-            settings.flight_margin_A,
-        )
+        outcome = outcome_now()
         if not outcome.undecided or n_ext >= settings.max_extensions:
             break
         n_ext += 1
         duration = settings.extension_fs
-    outcome = classify(
-        s.positions,
-        s.velocities,
-        s.masses,
-        spec.projectile_index,
-        spec.surface_z_A,
-        r_cut,
-        settings.flight_margin_A,
-    )
+    if outcome is None:  # the run ended early: classify where it stopped
+        outcome = outcome_now()
     shadow = None
     if early is not None and settings.early_stop == "shadow":
         shadow = {"stop_time_fs": early.stop_time_fs, "stop_step": early.stop_step}

@@ -34,7 +34,7 @@ from typing import Any
 from nnprefine import __version__
 from nnprefine.config import Config, config_to_dict
 
-__all__ = ["Project", "derive_seed"]
+__all__ = ["Project", "derive_seed", "json_default"]
 
 
 def derive_seed(master: int, *names: object) -> int:
@@ -46,11 +46,12 @@ def derive_seed(master: int, *names: object) -> int:
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_default) + "\n")
+    tmp.write_text(json.dumps(data, indent=1, default=json_default) + "\n")
     os.replace(tmp, path)
 
 
-def _default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars and arrays and paths (else TypeError)."""
     import numpy as np
 
     if isinstance(obj, np.generic):
@@ -148,7 +149,7 @@ class Project:
         path = self._task_log(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as fh:
-            fh.write(json.dumps({"key": key, **record}, default=_default) + "\n")
+            fh.write(json.dumps({"key": key, **record}, default=json_default) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -183,7 +184,7 @@ class Project:
             changed = sorted(
                 k
                 for k in set(old) | set(new)
-                if old.get(k) != json.loads(json.dumps(new.get(k), default=_default))
+                if old.get(k) != json.loads(json.dumps(new.get(k), default=json_default))
             )
             if changed:
                 self.say(

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from nnprefine.project import json_default
+
 __all__ = [
     "SUMMARY_VERSION",
     "plot_convergence",
@@ -166,21 +168,11 @@ def plot_convergence(iterations: Sequence[Mapping[str, Any]], path: Path) -> Pat
     return _save(fig, path)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
 def write_summary(summary: Mapping[str, Any], path: Path) -> Path:
     """Write ``summary.json`` atomically (write a temporary file, then rename)."""
     data = {"summary_version": SUMMARY_VERSION, **summary}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=True))
+    tmp.write_text(json.dumps(data, indent=2, default=json_default, allow_nan=True))
     os.replace(tmp, path)
     return path
 
