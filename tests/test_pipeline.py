@@ -211,3 +211,26 @@ def test_production_slab_prepared_by_the_model(finished, tmp_path):
     with ResultsDB(tmp_path / "out" / "results.db") as db:
         (ref_run,) = [r for r in db.rows() if r["surface"].endswith("/reference")]
     assert new_calls <= ref_run["steps"] + 1  # one force call per step, plus the first
+
+
+def test_sequential_stopping_from_the_config(finished, tmp_path, capsys):
+    """production.target_error / max_trajectories_per_energy reach run_campaign: with a
+    target no tiny campaign can meet, every energy runs to the cap; the reference check
+    keeps its fixed count."""
+    shutil.copytree(finished / "out", tmp_path / "out")
+    (tmp_path / "out" / "results.db").unlink()
+    text = (
+        (finished / "tiny.toml").read_text().replace(str(finished / "out"), str(tmp_path / "out"))
+    )
+    text = text.replace(
+        "trajectories_per_energy = 2",
+        "trajectories_per_energy = 2\ntarget_error = 1e-3\nmax_trajectories_per_energy = 3",
+    )
+    (tmp_path / "tiny.toml").write_text(text)
+    assert main(["sputter", str(tmp_path / "tiny.toml")]) == 0
+    with ResultsDB(tmp_path / "out" / "results.db") as db:
+        rows = db.rows()
+    model = [r for r in rows if r["surface"].endswith("/model")]
+    reference = [r for r in rows if r["surface"].endswith("/reference")]
+    assert sorted(r["energy_eV"] for r in model) == [100.0] * 3 + [300.0] * 3
+    assert len(reference) == 1

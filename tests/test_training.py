@@ -11,7 +11,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from nnprefine.descriptors import make_set
-from nnprefine.errors import ConfigError, DatasetError
+from nnprefine.errors import ConfigError, DatasetError, ModelError
 from nnprefine.model import Committee, NNPotential
 from nnprefine.training import (
     TrainingSettings,
@@ -181,3 +181,14 @@ def test_warm_start_keeps_scaling_offsets_and_the_fit(sfset, frames):
     cold = pot.copy()
     train(cold, frames[:11], test_set, _quick(epochs=1, learning_rate=1e-12, learning_rate_min=0.0))
     assert cold.scaling.to_dict() != scaling  # without warm_start the inputs are refitted
+
+
+def test_a_diverging_kalman_filter_says_why(sfset, frames):
+    # P0 = I / epsilon: a vanishing epsilon makes the first updates overshoot to NaN.
+    train_set, test_set = split_frames(frames)
+    pot = NNPotential(sfset, hidden=(6,), seed=3)
+    settings = _quick(
+        optimizer="kalman", epochs=4, kalman_epsilon=1e-30, kalman_force_fraction=0.05
+    )
+    with pytest.raises(ModelError, match="diverged in epoch .* kalman_epsilon near"):
+        train(pot, train_set, test_set, settings)

@@ -429,9 +429,28 @@ class ProductionConfig:
     early_stop: bool = False
     reference_energies_eV: tuple[float, ...] = ()  # reference-driven check at these energies
     reference_trajectories: int = 0
+    #: sequential stopping of the model-driven campaign: after trajectories_per_energy,
+    #: go on in batches until the yield's error bar is at most target_error (absolute, in
+    #: sputtered atoms per ion) or max_trajectories_per_energy is reached
+    target_error: float | None = None
+    max_trajectories_per_energy: int | None = None
 
     def validate(self, key: str) -> None:
         self.slab.validate(f"{key}.slab")
+        if self.target_error is not None:
+            _check(
+                self.target_error > 0,
+                f"{key}.target_error",
+                "a positive yield error",
+                self.target_error,
+            )
+            _check(
+                self.max_trajectories_per_energy is not None
+                and self.max_trajectories_per_energy >= self.trajectories_per_energy,
+                f"{key}.max_trajectories_per_energy",
+                "set, and at least trajectories_per_energy, when target_error is set",
+                self.max_trajectories_per_energy,
+            )
         _check(
             all(e > 0 for e in self.energies_eV),
             f"{key}.energies_eV",

@@ -126,9 +126,7 @@ def _impact_settings(prod: Any, r_cut_A: float):
         duration_fs=prod.duration_fs,
         extension_fs=prod.extension_fs,
         max_extensions=prod.max_extensions,
-        adaptive=AdaptiveTimestep(timestep_max_fs=max(prod.timestep_fs, 0.5))
-        if prod.adaptive_timestep
-        else None,
+        adaptive=AdaptiveTimestep() if prod.adaptive_timestep else None,
         early_stop="on" if prod.early_stop else "off",
     )
 
@@ -194,6 +192,8 @@ def sputter(project: Project) -> dict[str, Any]:
                 settings=_impact_settings(prod, r_cut),
                 executor=ex,
                 driver=c["driver"],
+                target_error=prod.target_error if c["driver"] == "model" else None,
+                n_max=prod.max_trajectories_per_energy if c["driver"] == "model" else None,
             )
         for est in estimates[c["label"]]:
             project.say(
@@ -241,6 +241,9 @@ def _yields(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                     project.say(f"Eckstein fit of {c['label']} failed: {exc}")
                     continue
                 if fit is None:
+                    project.say(
+                        f"Eckstein fit of {c['label']} skipped: {eckstein_fit_skip_reason(ests)}"
+                    )
                     continue
                 fits.append(
                     {
@@ -255,14 +258,36 @@ def _yields(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return rows, fits
 
 
+#: the least data an Eckstein fit (free E_th and q) is attempted on: energies, energies
+#: with sputtering, sputtered atoms in all. With fewer, q and E_th are not determined.
+MIN_FIT_ENERGIES, MIN_FIT_ENERGIES_WITH_EVENTS, MIN_FIT_EVENTS = 3, 2, 5
+
+
+def eckstein_fit_skip_reason(ests: list[Any]) -> str | None:
+    """Why the yields are too few to fit (None when they suffice)."""
+    with_events = [e for e in ests if e.n_sputtered > 0]
+    events = sum(e.n_sputtered for e in ests)
+    if (
+        len(ests) >= MIN_FIT_ENERGIES
+        and len(with_events) >= MIN_FIT_ENERGIES_WITH_EVENTS
+        and events >= MIN_FIT_EVENTS
+    ):
+        return None
+    return (
+        f"{len(ests)} energies, {len(with_events)} with sputtering, {events} sputtered atoms; "
+        f"a fit needs at least {MIN_FIT_ENERGIES}, {MIN_FIT_ENERGIES_WITH_EVENTS} and "
+        f"{MIN_FIT_EVENTS} (run more trajectories per energy)"
+    )
+
+
 def _eckstein_fit(ests: list[Any]) -> Any:
     """Eckstein fit of a campaign's yields with μ and λ fixed at the paper's values.
 
-    None when there is nothing to fit (fewer than 3 energies, or no sputtering at all).
+    None when the data are too few (:func:`eckstein_fit_skip_reason`).
     """
     from nnprefine.yields import fit_eckstein
 
-    if len(ests) < 3 or not any(e.n_sputtered for e in ests):
+    if eckstein_fit_skip_reason(ests) is not None:
         return None
     return fit_eckstein(
         [e.energy_eV for e in ests],

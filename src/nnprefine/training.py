@@ -488,6 +488,20 @@ def _epoch_kalman(
     )
 
 
+def _diverged(epoch: int, s: TrainingSettings) -> str:
+    """The message for weights or loss that became NaN or infinite."""
+    if s.optimizer == "kalman":
+        hint = (
+            "the Kalman filter's steps grow with energy_weight and force_weight (they multiply "
+            f"its errors and gradients; now {s.energy_weight:g} and {s.force_weight:g}) and "
+            f"with 1/kalman_epsilon (now {s.kalman_epsilon:g}): keep the weights near 1 and "
+            "kalman_epsilon near n2p2's 1e-2"
+        )
+    else:
+        hint = f"lower the learning rate (now {s.learning_rate:g})"
+    return f"training diverged in epoch {epoch} (NaN or infinite weights or loss): {hint}, or check the labels"
+
+
 def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     if not rows:
         return
@@ -570,20 +584,22 @@ def _train_member(
             if progress is not None:
                 progress.advance(task, n)
 
-        if s.optimizer == "adam":
-            tr_e, tr_f = _epoch_adam(tm, train_set, s, opt, rng, epoch, advance)
-        else:
-            tr_e, tr_f = _epoch_kalman(tm, train_set, s, opt, rng, epoch, advance)
+        try:
+            if s.optimizer == "adam":
+                tr_e, tr_f = _epoch_adam(tm, train_set, s, opt, rng, epoch, advance)
+            else:
+                tr_e, tr_f = _epoch_kalman(tm, train_set, s, opt, rng, epoch, advance)
+        except ModelError as exc:  # NaN weights surface as NaN inputs to the descriptor
+            if all(np.isfinite(w).all() for w in pot.weight_arrays().values()):
+                raise
+            raise ModelError(_diverged(epoch, s)) from exc
         if progress is not None:
             progress.remove_task(task)
         te_e, te_f = _rmse_of(pot, test_set)
         seconds = time.perf_counter() - t0
         test_loss = _loss_of(s, te_e, te_f) if test_set else _loss_of(s, tr_e, tr_f)
         if not math.isfinite(test_loss):
-            raise ModelError(
-                f"training diverged at epoch {epoch} (loss {test_loss}); lower the learning "
-                "rate or check the labels"
-            )
+            raise ModelError(_diverged(epoch, s))
         row = {
             "epoch": epoch,
             "seconds": round(seconds, 3),
