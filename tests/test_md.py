@@ -91,6 +91,16 @@ def test_sanity_observer_flags_overlap_and_exploding_energy():
     assert dyn.run(1.0) == "unphysical"
     assert "apart" in sanity.detail
 
+    # Across the periodic boundary too; a pair just beyond the limit is fine.
+    for gap, flagged in ((0.3, True), (0.6, False)):
+        atoms = thermal_slab()
+        atoms.positions[0] = atoms.positions[1] + atoms.cell[0] - [gap, 0.0, 0.0]
+        sanity = SanityObserver(atoms, min_distance_A=0.5)
+        state = VelocityVerlet(atoms, 0.1).state
+        assert (sanity(state) == "unphysical") is flagged
+        if flagged:
+            assert f"{gap:.3f} Å apart" in sanity.detail
+
     atoms = thermal_slab()
     sanity = SanityObserver(atoms, min_distance_A=0.0, max_energy_drift_eV=1e-6)
     dyn = VelocityVerlet(atoms, 5.0)  # a coarse step changes the total energy by more
