@@ -188,7 +188,11 @@ def test_a_diverging_kalman_filter_says_why(sfset, frames):
     train_set, test_set = split_frames(frames)
     pot = NNPotential(sfset, hidden=(6,), seed=3)
     settings = _quick(
-        optimizer="kalman", epochs=4, kalman_epsilon=1e-30, kalman_force_fraction=0.05
+        optimizer="kalman",
+        kalman_type="fading",
+        epochs=4,
+        kalman_epsilon=1e-30,
+        kalman_force_fraction=0.05,
     )
     with pytest.raises(ModelError, match="diverged in epoch .* kalman_epsilon near"):
         train(pot, train_set, test_set, settings)

@@ -7,7 +7,8 @@ Loss per batch (energies per atom, force components; weights in ``TrainingSettin
 in eV²/atom² and eV²/Å². Optimisers: ``"adam"`` (mini-batches of frames, learning rate
 decaying per epoch) and ``"kalman"`` (n2p2-style global extended Kalman filter, one update
 per frame on its energy and one on a random ``kalman_force_fraction`` of all force
-components per epoch).
+components per epoch; n2p2's standard filter by default, its fading-memory one with
+``kalman_type = "fading"``).
 
 Force training never stores ∂G/∂r: the forces come from a custom autograd function
 whose forward pass is the descriptor's force pass F = −Jᵀ ∂E/∂G and whose backward pass
@@ -66,13 +67,18 @@ class TrainingSettings:
     learning_rate: float = 2e-3
     learning_rate_decay_per_epoch: float = 0.95
     learning_rate_min: float = 1e-5
-    # Kalman filter (n2p2 names: kalman_epsilon, kalman_q0, kalman_qtau, kalman_qmin,
-    # kalman_lambda_short, kalman_nue_short, short_force_fraction)
+    # Kalman filter (n2p2 names: kalman_type, kalman_epsilon, kalman_q0, kalman_qtau,
+    # kalman_qmin, kalman_eta, kalman_etatau, kalman_etamax, kalman_lambda_short,
+    # kalman_nue_short, short_force_fraction); "standard" or "fading" (nnprefine._kalman)
+    kalman_type: str = "standard"
     kalman_force_fraction: float = 0.02
     kalman_epsilon: float = 1e-2
     kalman_q0: float = 1e-2
     kalman_q_tau_epochs: float = 2.302
     kalman_q_min: float = 1e-6
+    kalman_eta0: float = 0.01
+    kalman_eta_tau_epochs: float = 2.302
+    kalman_eta_max: float = 1.0
     kalman_lambda0: float = 0.96
     kalman_nu: float = 0.9995
     # inputs
@@ -94,6 +100,10 @@ class TrainingSettings:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.energy_weight < 0 or self.force_weight < 0:
             raise ConfigError("energy_weight and force_weight must be non-negative")
+        if self.kalman_type not in ("standard", "fading"):
+            raise ConfigError(
+                f"kalman_type must be 'standard' or 'fading', got {self.kalman_type!r}"
+            )
         if not 0.0 <= self.kalman_force_fraction <= 1.0:
             raise ConfigError(
                 f"kalman_force_fraction must lie in [0, 1], got {self.kalman_force_fraction}"
@@ -447,11 +457,12 @@ def _epoch_kalman(
     epoch: int,
     advance: Any,
 ) -> tuple[float, float]:
-    kf.start_epoch(epoch)
     sizes = np.array([3 * f.n_atoms for f in frames])
     n_pick = int(round(s.kalman_force_fraction * sizes.sum())) if s.force_weight > 0 else 0
     picked = np.sort(rng.choice(sizes.sum(), size=n_pick, replace=False))
     bounds = np.concatenate([[0], np.cumsum(sizes)])
+    force_updates = int(np.count_nonzero(np.diff(np.searchsorted(picked, bounds))))
+    kf.start_epoch(epoch, len(frames) * (s.energy_weight > 0) + force_updates)
     se = sf = 0.0
     n_comp = 0
     for i in rng.permutation(len(frames)):
@@ -561,6 +572,10 @@ def _train_member(
             s.kalman_q_min,
             s.kalman_lambda0,
             s.kalman_nu,
+            kind=s.kalman_type,
+            eta0=s.kalman_eta0,
+            eta_tau_epochs=s.kalman_eta_tau_epochs,
+            eta_max=s.kalman_eta_max,
         )
     if state is not None:
         opt.load_state_dict(state["optimizer"])
