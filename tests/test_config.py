@@ -36,6 +36,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
         ({"production": [{"energies_eV": "100"}]}, r"production\[0\].energies_eV must be a list"),
         ({"reference": {"calculator": "gpaw"}}, r"reference.calculator"),
         ({"executor": {"kind": "slurm"}}, r"executor.kind = 'slurm'"),
+        ({"training": {"kalman_type": "ekf"}}, r"training.kalman_type = 'ekf'"),
         (
             {"production": [{"target_error": 0.01}]},
             r"production\[0\].max_trajectories_per_energy = None .* when target_error is set",

@@ -247,6 +247,8 @@ class TrainingConfig:
     energy_weight: float = 1.0
     force_weight: float = 1.0
     force_fraction: float = 0.05
+    #: n2p2's Kalman filter types: "standard" (kalman_type 0, stable) or "fading" (1)
+    kalman_type: str = "standard"
     test_fraction: float = 0.1
     early_stopping_patience: int = 20
     warm_start: bool = True
@@ -260,6 +262,12 @@ class TrainingConfig:
             f"{key}.scaling_mode",
             "'scalecenter', 'scalesigma', 'scale', 'center' or 'none'",
             self.scaling_mode,
+        )
+        _check(
+            self.kalman_type in ("standard", "fading"),
+            f"{key}.kalman_type",
+            "'standard' or 'fading'",
+            self.kalman_type,
         )
         _check(
             self.optimizer in ("adam", "kalman"),

@@ -375,6 +375,7 @@ def train_committee(
         batch_size_frames=t.batch_size,
         learning_rate=t.learning_rate,
         kalman_force_fraction=t.force_fraction,
+        kalman_type=t.kalman_type,
         scaling_mode=t.scaling_mode,
         warm_start=warm,
     )
