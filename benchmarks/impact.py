@@ -70,7 +70,7 @@ def paired_seed(slab: Atoms, calc: Any, energy_eV: float, seed: int) -> dict[str
     return {"seed": seed, "energy_eV": energy_eV, "fixed": _summary(fixed), "fast": _summary(fast)}
 
 
-def prepared_slab(kind: str, equilibrate_fs: float, seed: int, cache: Path | None) -> Atoms:
+def _slab(kind: str, equilibrate_fs: float, seed: int, cache: Path | None) -> Atoms:
     """The relaxed, 300 K equilibrated slab; read from ``cache`` when it exists."""
     if cache is not None and cache.exists():
         slab = read(cache)
@@ -187,7 +187,7 @@ def main() -> None:
             runs = [json.loads(x) for x in args.results.read_text().splitlines() if x.strip()]
             runs = [r for r in runs if r["energy_eV"] == args.energy]
             print(f"{len(runs)} seeds already in {args.results}", flush=True)
-    slab = prepared_slab(args.slab, args.equilibrate_fs, args.seed, slab_cache)
+    slab = _slab(args.slab, args.equilibrate_fs, args.seed, slab_cache)
     done = {r["seed"] for r in runs}
     todo = [s for s in range(args.seed, args.seed + args.trajectories) if s not in done]
     runs = [r for r in runs if args.seed <= r["seed"] < args.seed + args.trajectories]

@@ -31,7 +31,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["GlobalKalmanFilter"]
+__all__ = ["KALMAN_TYPES", "GlobalKalmanFilter"]
+
+#: n2p2's filter types by name: ``kalman_type`` 0 and 1
+KALMAN_TYPES = ("standard", "fading")
 
 
 class GlobalKalmanFilter:
@@ -51,7 +54,7 @@ class GlobalKalmanFilter:
         eta_tau_epochs: float = 2.302,
         eta_max: float = 1.0,
     ) -> None:
-        if kind not in ("standard", "fading"):
+        if kind not in KALMAN_TYPES:
             raise ValueError(f"kind must be 'standard' or 'fading', got {kind!r}")
         self.kind = kind
         self.P = torch.eye(n_weights, dtype=torch.float64) / epsilon

@@ -172,7 +172,8 @@ def sputter(project: Project) -> dict[str, Any]:
             slab = prepared_slab(project, prod.slab, calc=NNPCalculator(member), tag="-model")
         else:
             slab = prepared_slab(project, prod.slab)
-        if c["driver"] == "model":
+        model_driven = c["driver"] == "model"
+        if model_driven:
             calc, r_cut = NNPCalculator(member), member.r_cut_A
         else:
             calc = _reference(cfg.reference.spec())
@@ -192,8 +193,9 @@ def sputter(project: Project) -> dict[str, Any]:
                 settings=_impact_settings(prod, r_cut),
                 executor=ex,
                 driver=c["driver"],
-                target_error=prod.target_error if c["driver"] == "model" else None,
-                n_max=prod.max_trajectories_per_energy if c["driver"] == "model" else None,
+                # sequential stopping applies to the model's campaign, not the reference check
+                target_error=prod.target_error if model_driven else None,
+                n_max=prod.max_trajectories_per_energy if model_driven else None,
             )
         for est in estimates[c["label"]]:
             project.say(
@@ -235,15 +237,14 @@ def _yields(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                     }
                 )
             if c["driver"] == "model":
+                skip = eckstein_fit_skip_reason(ests)
+                if skip is not None:
+                    project.say(f"Eckstein fit of {c['label']} skipped: {skip}")
+                    continue
                 try:
                     fit = _eckstein_fit(ests)
                 except (NnprefineError, RuntimeError, ValueError) as exc:
                     project.say(f"Eckstein fit of {c['label']} failed: {exc}")
-                    continue
-                if fit is None:
-                    project.say(
-                        f"Eckstein fit of {c['label']} skipped: {eckstein_fit_skip_reason(ests)}"
-                    )
                     continue
                 fits.append(
                     {

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from nnprefine._kalman import GlobalKalmanFilter
+from nnprefine._kalman import KALMAN_TYPES, GlobalKalmanFilter
 from nnprefine.descriptors import Descriptor, Neighbours
 from nnprefine.errors import ConfigError, DatasetError, ModelError
 from nnprefine.model import Committee, InputScaling, NNPotential
@@ -100,7 +100,7 @@ class TrainingSettings:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.energy_weight < 0 or self.force_weight < 0:
             raise ConfigError("energy_weight and force_weight must be non-negative")
-        if self.kalman_type not in ("standard", "fading"):
+        if self.kalman_type not in KALMAN_TYPES:
             raise ConfigError(
                 f"kalman_type must be 'standard' or 'fading', got {self.kalman_type!r}"
             )
