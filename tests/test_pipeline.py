@@ -25,7 +25,7 @@ from ase.io import read
 
 from nnprefine.cli import main
 from nnprefine.config import load_config
-from nnprefine.project import Project
+from nnprefine.project import Project, atomic_path
 from nnprefine.sputter import ResultsDB
 
 pytestmark = pytest.mark.slow
@@ -234,3 +234,16 @@ def test_sequential_stopping_from_the_config(finished, tmp_path, capsys):
     reference = [r for r in rows if r["surface"].endswith("/reference")]
     assert sorted(r["energy_eV"] for r in model) == [100.0] * 3 + [300.0] * 3
     assert len(reference) == 1
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "sub" / "slab.traj"
+    with atomic_path(path) as tmp:
+        assert tmp.suffix == ".traj" and tmp.parent == path.parent
+        tmp.write_text("first")
+    assert path.read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["slab.traj"]

@@ -34,7 +34,7 @@ from typing import Any
 from nnprefine import __version__
 from nnprefine.config import Config, config_to_dict
 
-__all__ = ["Project", "derive_seed", "json_default"]
+__all__ = ["Project", "atomic_path", "derive_seed", "json_default"]
 
 
 def derive_seed(master: int, *names: object) -> int:
@@ -43,11 +43,26 @@ def derive_seed(master: int, *names: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
-def _write_json(path: Path, data: Any) -> None:
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends.
+
+    Readers never see a half-written file: if the block raises, the old file (or none) stays
+    and the temporary is removed. The temporary keeps ``path``'s suffix, so writers that
+    choose a format by suffix (``ase.io.write``, ``np.savez``) work unchanged.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=json_default) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=json_default) + "\n")
 
 
 def json_default(obj: Any) -> Any:

@@ -29,7 +29,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from nnprefine.config import Config, SlabConfig
 from nnprefine.errors import NnprefineError, ReferenceCalculationError, SimulationError
-from nnprefine.project import Project
+from nnprefine.project import Project, atomic_path
 from nnprefine.selection import select_frames
 
 __all__ = [
@@ -126,11 +126,9 @@ def prepared_slab(project: Project, slab: SlabConfig, calc: Any = None, tag: str
         f"slab {slab.label}: {len(atoms)} atoms relaxed and equilibrated at "
         f"{cfg.structures.temperature_K:.0f} K ({time.perf_counter() - t0:.0f} s)"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.traj")
     atoms.calc = None
-    write(tmp, atoms)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        write(tmp, atoms)
     return read(path)
 
 
@@ -467,10 +465,8 @@ def explore_trajectory(
 
 
 def _save_npz(path: Path, **arrays: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def _explore(project: Project, k: int, committee: Any, slab: Atoms) -> dict[str, Any]:

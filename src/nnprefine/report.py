@@ -19,14 +19,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nnprefine.project import json_default
+from nnprefine.project import atomic_path, json_default
 
 __all__ = [
     "SUMMARY_VERSION",
@@ -171,9 +170,8 @@ def plot_convergence(iterations: Sequence[Mapping[str, Any]], path: Path) -> Pat
 def write_summary(summary: Mapping[str, Any], path: Path) -> Path:
     """Write ``summary.json`` atomically (write a temporary file, then rename)."""
     data = {"summary_version": SUMMARY_VERSION, **summary}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=json_default, allow_nan=True))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=json_default, allow_nan=True))
     return path
 
 
@@ -303,7 +301,6 @@ def write_html(
     if fits:
         parts.append("<h3>Eckstein fits</h3>" + _table(fits, [(k, k) for k in fits[0]]))
     parts.append("</body></html>")
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(parts))
     return path

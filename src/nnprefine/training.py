@@ -47,6 +47,7 @@ from nnprefine._kalman import KALMAN_TYPES, GlobalKalmanFilter
 from nnprefine.descriptors import Descriptor, Neighbours
 from nnprefine.errors import ConfigError, DatasetError, ModelError
 from nnprefine.model import Committee, InputScaling, NNPotential
+from nnprefine.project import atomic_path
 
 __all__ = ["TrainingHistory", "TrainingSettings", "rmse", "split_frames", "train"]
 
@@ -516,12 +517,10 @@ def _diverged(epoch: int, s: TrainingSettings) -> str:
 def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     if not rows:
         return
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)
 
 
 def _check_resume_settings(saved: dict[str, Any], settings: TrainingSettings, where: Path) -> None:
@@ -667,9 +666,8 @@ def _checkpoint(
         "rng": rng.bit_generator.state,
         "optimizer": opt.state_dict(),
     }
-    tmp = member_dir / "last" / "state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(member_dir / "last" / "state.pt")
+    with atomic_path(member_dir / "last" / "state.pt") as tmp:
+        torch.save(state, tmp)
     _write_csv(member_dir / "log.csv", history.rows)
 
 
