@@ -275,6 +275,22 @@ def test_heat_sink_mask_leaves_the_impact_zone_free():
     free = atoms.get_tags() < 4
     assert mask[free & (d > 3 * 2.5527 - 2.5 + 1e-6)].all()
     assert not mask[~free].any()
+    # Given the surface plane, the top layer stays free everywhere: no thermostat slows an
+    # atom on its way out.
+    surface = atoms.positions[top, 2].mean()
+    keep_top = heat_sink_mask(atoms, tuple(centre), 2.5, 1.0, surface_z_A=surface)
+    assert not keep_top[top].any() and keep_top.any()
+    np.testing.assert_array_equal(keep_top[~top], mask[~top])
+
+
+def test_langevin_sink_never_moves_fixed_atoms():
+    atoms = thermal_slab(300.0)
+    fixed = atoms.get_tags() == 4
+    start = atoms.positions[fixed].copy()
+    everything = np.ones(len(atoms), dtype=bool)  # a careless mask that includes them
+    dyn = VelocityVerlet(atoms, 1.0, HeatSink(everything, 300.0, 10.0, "langevin", seed=3))
+    dyn.run(10.0)
+    np.testing.assert_array_equal(dyn.state.positions[fixed], start)
 
 
 def test_bad_settings_are_config_errors():

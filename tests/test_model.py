@@ -150,6 +150,28 @@ def test_committee_members_differ_and_metrics(sfset, tmp_path):
     np.testing.assert_allclose(back.evaluate(atoms).energies_eV, res.energies_eV, atol=1e-10)
 
 
+def test_fingerprint_follows_the_weights_not_the_metadata(sfset, tmp_path):
+    from nnprefine.sputter import driver_fingerprint
+
+    pot = _scaled_potential(sfset, seed=4)
+    pot.metadata["note"] = "metadata is not part of the identity"
+    pot.save(tmp_path / "model")
+    again = NNPotential.load(tmp_path / "model")
+    again.metadata.clear()
+    assert again.fingerprint() == pot.fingerprint()
+    # one weight changed (a retrained model) changes it; so does another member
+    arrays = again.weight_arrays()
+    arrays["Be/b0"][0] += 1e-9
+    again.set_weight_arrays(arrays)
+    assert again.fingerprint() != pot.fingerprint()
+    assert _scaled_potential(sfset, seed=5).fingerprint() != pot.fingerprint()
+    # the campaign record sees the model through its calculator
+    assert driver_fingerprint(NNPCalculator(pot)) == pot.fingerprint()
+    com = Committee([pot, again])
+    assert driver_fingerprint(CommitteeCalculator(com)) == com.fingerprint()
+    assert Committee([again, pot]).fingerprint() != com.fingerprint()
+
+
 def test_disagreement_metrics_by_hand():
     energies = np.array([-10.0, -10.4])  # 2 atoms
     forces = np.zeros((2, 2, 3))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +153,17 @@ def test_atom_just_above_the_surface_moving_up_slowly_is_undecided():
     assert classify(pos, vel, m, 0, 1.8, 7.0).undecided
 
 
+def test_fast_atom_leaving_the_surface_plane_is_undecided():
+    # 1 Å above the surface plane, below the flight margin, moving up with ~5 eV: it may be
+    # leaving now, so the trajectory is extended rather than closed as "not sputtered".
+    pos, vel, m = _with(*_flat_slab(), [[1.0, 1.0, 1.8 + 1.0]], [[0.0, 0.0, 0.1]])
+    ke = 0.5 * BE_MASS * 0.1**2 / units.fs**2
+    assert ke > 2.0
+    assert classify(pos, vel, m, 0, 1.8, 4.8, escape_energy_eV=2.0).undecided
+    assert not classify(pos, vel, m, 0, 1.8, 4.8, escape_energy_eV=ke + 1).undecided
+    assert not classify(pos, vel, m, 0, 1.8, 4.8).undecided  # the old, margin-only rule
+
+
 def test_atom_far_above_falling_back_is_undecided_and_adatom_is_not():
     pos, vel, m = _with(*_flat_slab(), [[1.0, 1.0, 20.0]], [[0.0, 0.0, -0.01]])
     assert classify(pos, vel, m, 0, 1.8, 4.8).undecided
@@ -250,6 +262,13 @@ def test_yield_estimate_and_intervals():
     zero = estimate_yield(40.0, rows[3:13])
     assert zero.error == 0 and zero.exact_high == pytest.approx(1 - 0.025 ** (1 / 10))
     assert zero.fit_sigma > 0
+    # Fits take one-sigma errors: σ/√N = D/2 for a well-sampled yield (paper: p 0.056, N 500).
+    paper = estimate_yield(
+        100.0,
+        [dict(n_sputtered=1, reflected=0, undecided=0, unphysical=0)] * 28
+        + [dict(n_sputtered=0, reflected=0, undecided=0, unphysical=0)] * 472,
+    )
+    assert paper.fit_sigma == pytest.approx(math.sqrt(0.056 * 0.944 / 500), rel=0.03)
 
 
 def test_threshold_bracket():
@@ -287,6 +306,22 @@ def test_eckstein_fit_recovers_known_parameters():
         fit_eckstein(energies[:3], y[:3], sigma[:3])
 
 
+def test_eckstein_fit_errors_are_one_sigma():
+    # Coverage: over many noisy data sets, the truth lies within ±1 error of the fitted
+    # threshold in ~68 % of fits (a 2σ error would give ~95 %, a 0.5σ one ~38 %).
+    truth = dict(threshold_eV=53.0, q=0.82, mu=1.34, lambda_=2.03)
+    energies = np.array([60, 65, 75, 100, 150, 200, 300], dtype=float)
+    y_true = eckstein_yield(energies, **truth)
+    sigma = 0.05 * y_true
+    rng = np.random.default_rng(7)
+    inside = []
+    for _ in range(300):
+        y = y_true + sigma * rng.standard_normal(len(energies))
+        fit = fit_eckstein(energies, y, sigma, fixed=dict(mu=1.34, lambda_=2.03))
+        inside.append(abs(fit.params["threshold_eV"] - 53.0) < fit.errors["threshold_eV"])
+    assert 0.60 < np.mean(inside) < 0.76
+
+
 def test_plot_writes_a_png(tmp_path):
     def est(e, k, n):
         return estimate_yield(
@@ -316,8 +351,19 @@ _CAMPAIGN_SCRIPT = textwrap.dedent(
     from ase.build import fcc111
     from ase.calculators.emt import EMT
     from ase.constraints import FixAtoms
+    import nnprefine.sputter
     from nnprefine.impact import ImpactSettings
     from nnprefine.sputter import run_campaign
+
+    # Log every trajectory this process starts, so the test can see what a resume re-ran.
+    _task = nnprefine.sputter.impact_task
+
+    def logged_task(*args, **kwargs):
+        with open(sys.argv[1] + ".started", "a") as fh:
+            fh.write(f"{kwargs.get('energy_eV')} {kwargs.get('index')}\\n")
+        return _task(*args, **kwargs)
+
+    nnprefine.sputter.impact_task = logged_task
 
     slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
     slab.set_constraint(FixAtoms(mask=slab.get_tags() == 3))
@@ -361,14 +407,21 @@ def test_campaign_resumes_after_sigkill_without_loss_or_duplicates(tmp_path):
     proc.wait()
     before = _rows(db)
     assert 3 <= len(before) < 12, "the campaign was not killed mid-way"
+    started_log = Path(str(db) + ".started")
+    n_started_before = len(started_log.read_text().splitlines())
     # Resume: the same command.
     subprocess.run([sys.executable, str(script), str(db), "30.0"], env=env, check=True, timeout=120)
     after = _rows(db)
     keys = [r[:3] for r in after]
     assert len(after) == 12 and len(set(keys)) == 12
     assert set(keys) == {("cu111", e, i) for e in (30.0, 60.0) for i in range(6)}
-    # Nothing was redone: rows from before the kill are untouched.
+    # Nothing was redone: rows from before the kill are untouched, and the resumed run
+    # started exactly the trajectories that were missing.
     assert set(before) <= set(after)
+    resumed = [tuple(line.split()) for line in started_log.read_text().splitlines()]
+    resumed = resumed[n_started_before:]
+    assert len(resumed) == 12 - len(before)
+    assert not {(str(e), str(i)) for _, e, i, _, _ in before} & set(resumed)
     for surface, energy, idx, seed, _ in after:
         assert seed == trajectory_seed(2024, surface, energy, idx)
     # Changed settings on resume are refused, not silently mixed in.

@@ -10,6 +10,8 @@ the surface again) or a slab atom more than ``flight_margin_A`` above the surfac
 (the mean height of the original top layer) still moves up — it may be on its way out.
 The margin (default 2.5 Å) lies above the adatom site (c/2 ≈ 1.8 Å over the top layer)
 plus thermal vibration, so an adatom left by the impact does not hold a trajectory open.
+Below the margin, a slab atom above the surface plane moving up with at least
+``escape_energy_eV`` also holds it open: it may be leaving right now.
 
 Early termination (optional). Once no atom can still leave, the outcome is final and
 the run may stop. "Cannot leave" is taken as: the trajectory is not undecided, and no
@@ -18,7 +20,10 @@ carry at least the surface binding energy to escape (planar-barrier picture; for
 the cohesive energy is 3.3 eV); the default 2.0 eV keeps a margin for under-coordinated
 adatoms, which are bound more weakly. The condition must hold for ``hold_fs`` without
 interruption (the collision phase is over and potential energy stored in close pairs
-has been released) before the run stops.
+has been released) before the run stops. This is a physical argument, not a proof — a
+collision of two atoms just under the bound can still hand one of them more — so it is
+validated statistically: with ``early_stop = "shadow"`` a full-length run records when
+and with which outcome it would have stopped (benchmarks/impact.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -210,12 +215,16 @@ def classify(
     surface_z_A: float,
     r_cut_A: float,
     flight_margin_A: float = 2.5,
+    escape_energy_eV: float | None = None,
 ) -> Outcome:
     """Classify a configuration: sputtered atoms, reflected projectile, undecided.
 
     positions: (n, 3) float64, Å. velocities: (n, 3) float64, Å/fs. masses: (n,) float64,
     amu. ``surface_z_A`` is the surface plane (Å), ``r_cut_A`` the potential's
-    interaction range (Å). See the module docstring for the criterion.
+    interaction range (Å). With ``escape_energy_eV`` (eV), a slab atom above the surface
+    plane but below the flight margin also holds the trajectory open when it moves up
+    with at least that kinetic energy (it may be leaving right now). See the module
+    docstring for the criterion.
     """
     if r_cut_A <= 0:
         raise ConfigError(f"r_cut_A must be positive, got {r_cut_A}")
@@ -224,8 +233,11 @@ def classify(
     detached, top = _detached(z, r_cut_A)
     escaping = detached & (vz > 0)
     returning = detached & ~(vz > 0)
-    in_flight = ~detached & (z > surface_z_A + flight_margin_A) & (vz > 0)
     ke = kinetic_energies_eV(masses, velocities)
+    above = z > surface_z_A + flight_margin_A
+    if escape_energy_eV is not None:
+        above |= (z > surface_z_A) & (ke >= escape_energy_eV)
+    in_flight = ~detached & above & (vz > 0)
     sputtered = tuple(
         _flight(int(i), velocities[i], float(ke[i]))
         for i in np.flatnonzero(escaping)
@@ -290,6 +302,7 @@ class EarlyStop:
             self.surface_z_A,
             self.r_cut_A,
             self.flight_margin_A,
+            self.escape_energy_eV,
         )
         quiet = not outcome.undecided
         if quiet:
@@ -441,6 +454,7 @@ def run_impact(
             (spec.x_A, spec.y_A),
             settings.heat_sink_lateral_width_A,
             settings.heat_sink_bottom_width_A,
+            surface_z_A=spec.surface_z_A,
         )
         mask[spec.projectile_index] = False
         sink = HeatSink(
@@ -448,7 +462,8 @@ def run_impact(
             settings.heat_sink_temperature_K,
             settings.heat_sink_tau_fs,
             settings.heat_sink,
-            seed=seed,
+            # its own random stream, apart from the one that placed the projectile
+            seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]),
         )
     timestep = settings.adaptive if settings.adaptive is not None else settings.timestep_fs
     unphysical, detail = False, None
@@ -491,6 +506,7 @@ def run_impact(
             spec.surface_z_A,
             r_cut,
             settings.flight_margin_A,
+            settings.escape_energy_eV,
         )
 
     n_ext = 0

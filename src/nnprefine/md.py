@@ -209,9 +209,14 @@ def heat_sink_mask(
     impact_xy_A: tuple[float, float],
     lateral_width_A: float = 3.0,
     bottom_width_A: float = 3.0,
+    surface_z_A: float | None = None,
+    surface_width_A: float = 2.0,
 ) -> np.ndarray:
     """Atoms of the heat sink: a lateral border around the impact point, and the bottom of
-    the free slab. Returns (n_atoms,) bool; fixed atoms are excluded.
+    the free slab. Returns (n_atoms,) bool; fixed atoms are excluded, and so, when
+    ``surface_z_A`` (the surface plane, Å) is given, are atoms above
+    ``surface_z_A − surface_width_A`` — the top layer and anything above it, so a thermostat
+    never slows an atom that is leaving the surface.
 
     An atom is on the lateral border when its lateral minimum-image distance from the
     impact point exceeds R − ``lateral_width_A``, with R half the shortest in-plane
@@ -232,7 +237,10 @@ def heat_sink_mask(
     z = atoms.positions[:, 2]
     free = ~fixed
     bottom = z < (z[free].min() + bottom_width_A) if free.any() else np.zeros(len(atoms), bool)
-    return (border | bottom) & free
+    sink = (border | bottom) & free
+    if surface_z_A is not None:
+        sink &= z < surface_z_A - surface_width_A
+    return sink
 
 
 class VelocityVerlet:
@@ -264,6 +272,8 @@ class VelocityVerlet:
         self.heat_sink = heat_sink
         self.fixed = fixed_mask(atoms)
         self.free = ~self.fixed
+        if heat_sink is not None:
+            heat_sink.mask = heat_sink.mask & self.free  # a kick must never move a fixed atom
         self._observers: list[tuple[Observer, int]] = []
         masses = atoms.get_masses().astype(np.float64)
         self._inv_mass = (ACCEL_PER_FORCE / masses)[:, None]

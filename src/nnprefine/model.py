@@ -22,6 +22,7 @@ Units: eV, Å. Arrays are float64.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -615,6 +616,21 @@ class NNPotential:
             "metadata": self.metadata,
         }
 
+    def fingerprint(self) -> str:
+        """sha256 (hex, 16 characters) of what determines the potential's output.
+
+        Covers the weights, symmetry functions, scaling, energy offsets and baseline, not
+        the metadata or the code version: equal fingerprints give equal energies.
+        """
+        d = self.to_dict()
+        for k in ("nnprefine_version", "metadata", "seed"):
+            d.pop(k)
+        h = hashlib.sha256(json.dumps(_as_floats(d), sort_keys=True, default=str).encode())
+        for name, arr in sorted(self.weight_arrays().items()):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
+
     def weight_arrays(self) -> dict[str, np.ndarray]:
         """Weights keyed ``"<element>/W<k>"``, ``"<element>/b<k>"`` (layer k from 0)."""
         out = {}
@@ -791,6 +807,17 @@ class CommitteeResult:
     metrics: Disagreement
 
 
+def _as_floats(obj: Any) -> Any:
+    """``obj`` with every number as a float (a loaded -1.0 and a fresh -1 hash alike)."""
+    if isinstance(obj, dict):
+        return {k: _as_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_as_floats(v) for v in obj]
+    if isinstance(obj, int | float | np.number) and not isinstance(obj, bool):
+        return float(obj)
+    return obj
+
+
 class Committee:
     """N ≥ 2 potentials with identical topology and symmetry functions.
 
@@ -846,6 +873,11 @@ class Committee:
     @property
     def elements(self) -> tuple[str, ...]:
         return self.members[0].elements
+
+    def fingerprint(self) -> str:
+        """sha256 (hex, 16 characters) of the members' fingerprints, in order."""
+        text = "|".join(m.fingerprint() for m in self.members)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def evaluate(self, atoms: Atoms, neighbours: Neighbours | None = None) -> CommitteeResult:
         """All members on ``atoms``, sharing neighbour list and symmetry functions."""

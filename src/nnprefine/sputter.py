@@ -9,7 +9,8 @@ most the trajectories in flight, and the primary key (surface, energy_eV, idx) m
 duplicate impossible.
 
 On resume the campaign re-reads the database's record of its campaign seed, impact
-settings, slab fingerprint and driver for that surface label; if any differ from the
+settings, slab fingerprint and driver (its name and the fingerprint of its potential,
+which changes when a model is retrained) for that surface label; if any differ from the
 call, it stops with a :class:`~nnprefine.errors.ConfigError` rather than mixing
 trajectories run under different settings (use a new database or surface label).
 Energies and trajectory counts may change between runs (that is how a campaign grows).
@@ -41,6 +42,7 @@ __all__ = [
     "ResultsDB",
     "impact_task",
     "run_campaign",
+    "driver_fingerprint",
     "slab_fingerprint",
     "trajectory_seed",
 ]
@@ -81,6 +83,21 @@ def trajectory_seed(campaign_seed: int, surface: str, energy_eV: float, index: i
     """The seed of trajectory (surface, energy, index): a 63-bit integer, deterministic."""
     text = f"{int(campaign_seed)}|{surface}|{float(energy_eV)!r}|{int(index)}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def driver_fingerprint(calc: Any) -> str:
+    """Identity of the potential that drives the MD (hex, 16 characters).
+
+    An NNP or committee calculator: its model's :meth:`fingerprint` (changes when it is
+    retrained). Any other calculator: a hash of its class and parameters.
+    """
+    model = getattr(calc, "potential", None) or getattr(calc, "committee", None)
+    if model is not None and hasattr(model, "fingerprint"):
+        return str(model.fingerprint())
+    cls = type(calc)
+    params = json.dumps(getattr(calc, "parameters", {}) or {}, sort_keys=True, default=str)
+    text = f"{cls.__module__}.{cls.__qualname__}|{params}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def slab_fingerprint(slab: Atoms) -> str:
@@ -334,6 +351,7 @@ def run_campaign(
         "settings": json.loads(json.dumps(asdict(settings), sort_keys=True, default=str)),
         "slab": slab_fingerprint(slab),
         "driver": driver,
+        "driver_fingerprint": driver_fingerprint(calc),
     }
     with ResultsDB(db_path) as db:
         db.check_campaign(surface, meta)

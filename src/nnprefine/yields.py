@@ -47,6 +47,7 @@ PAPER_BE0001_NNP5: tuple[tuple[float, float, float], ...] = (
 
 _E2_EV_A = 14.3996  # e²/(4πε0), eV·Å
 _BOHR_A = 0.529177
+_Z95 = 1.959964  # two-sided 95 % quantile of the normal distribution
 
 
 def yield_error(p: float, n: int) -> float:
@@ -57,7 +58,7 @@ def yield_error(p: float, n: int) -> float:
     return 2.0 * math.sqrt(p * (1.0 - p) / n)
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson_interval(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
     """Wilson score interval for k successes in n trials (default 95 %)."""
     if n <= 0:
         return (0.0, 1.0)
@@ -103,8 +104,13 @@ class YieldEstimate:
 
     @property
     def fit_sigma(self) -> float:
-        """Uncertainty used in fits: max(D, Wilson half-width), non-zero even at Y = 0."""
-        return max(self.error, self.wilson_half_width)
+        """One-standard-deviation uncertainty for fits, non-zero even at Y = 0.
+
+        The larger of σ/√N (= D/2) and the 95 % Wilson half-width divided by 1.96: D and
+        the Wilson interval are two-sigma bars, while a least-squares fit weighs each point
+        by its one-sigma error and reports one-sigma parameter errors.
+        """
+        return max(0.5 * self.error, self.wilson_half_width / _Z95)
 
 
 def estimate_yield(energy_eV: float, rows: Iterable[Mapping[str, Any]]) -> YieldEstimate:
