@@ -453,3 +453,31 @@ def test_sequential_stopping_runs_until_n_max_when_the_error_stays_large(tmp_pat
         assert sorted(r["idx"] for r in rows) == [0, 1, 2, 3, 4]
         assert rows[0]["driver"] == "SnapReference" and rows[0]["code_version"]
         assert rows[0]["core_s"] > 0 and rows[0]["steps"] == 3
+
+
+def test_sequential_stopping_stops_once_the_error_bar_is_small_enough(tmp_path, be_slab, calc):
+    # Nothing is sputtered in 3 fs, so the bar is the Wilson half-width z²/(2(N + z²)):
+    # 0.245 at N = 4 and 0.195 at N = 6, so a 0.2 target stops after the third batch of 2.
+    settings = ImpactSettings(timestep_fs=1.0, duration_fs=3.0, max_extensions=0)
+    est = run_campaign(
+        tmp_path / "seq.sqlite",
+        be_slab,
+        calc,
+        surface="be0001-36",
+        energies_eV=[20.0],
+        n_trajectories=2,
+        campaign_seed=1,
+        settings=settings,
+        target_error=0.2,
+        n_max=10,
+        batch_size=2,
+        quiet=True,
+    )
+    assert est[0].n == 6 and est[0].n_sputtered == 0
+    assert (
+        est[0].wilson_half_width
+        <= 0.2
+        < estimate_yield(
+            20.0, [{"n_sputtered": 0, "reflected": 0, "undecided": 0, "unphysical": 0}] * 4
+        ).wilson_half_width
+    )
