@@ -24,6 +24,7 @@ from nnprefine.sputter import ResultsDB, run_campaign, trajectory_seed
 from nnprefine.structures import be0001_slab, relax_slab
 from nnprefine.yields import (
     PAPER_BE0001_NNP5,
+    YieldEstimate,
     eckstein_yield,
     estimate_yield,
     fit_eckstein,
@@ -431,23 +432,27 @@ def test_campaign_resumes_after_sigkill_without_loss_or_duplicates(tmp_path):
     assert res.returncode != 0 and "other settings" in res.stderr
 
 
-def test_sequential_stopping_runs_until_n_max_when_the_error_stays_large(tmp_path, be_slab, calc):
-    settings = ImpactSettings(timestep_fs=1.0, duration_fs=3.0, max_extensions=0)
-    est = run_campaign(
-        tmp_path / "seq.sqlite",
-        be_slab,
+def _sequential(db, slab, calc, target_error: float, n_max: int) -> YieldEstimate:
+    """A 20 eV campaign of 3 fs trajectories (nothing sputters) in batches of 2."""
+    (est,) = run_campaign(
+        db,
+        slab,
         calc,
         surface="be0001-36",
         energies_eV=[20.0],
         n_trajectories=2,
         campaign_seed=1,
-        settings=settings,
-        target_error=1e-6,
-        n_max=5,
+        settings=ImpactSettings(timestep_fs=1.0, duration_fs=3.0, max_extensions=0),
+        target_error=target_error,
+        n_max=n_max,
         batch_size=2,
         quiet=True,
     )
-    assert est[0].n == 5
+    return est
+
+
+def test_sequential_stopping_runs_until_n_max_when_the_error_stays_large(tmp_path, be_slab, calc):
+    assert _sequential(tmp_path / "seq.sqlite", be_slab, calc, 1e-6, n_max=5).n == 5
     with ResultsDB(tmp_path / "seq.sqlite") as db:
         rows = db.rows("be0001-36", 20.0)
         assert sorted(r["idx"] for r in rows) == [0, 1, 2, 3, 4]
@@ -456,28 +461,11 @@ def test_sequential_stopping_runs_until_n_max_when_the_error_stays_large(tmp_pat
 
 
 def test_sequential_stopping_stops_once_the_error_bar_is_small_enough(tmp_path, be_slab, calc):
-    # Nothing is sputtered in 3 fs, so the bar is the Wilson half-width z²/(2(N + z²)):
-    # 0.245 at N = 4 and 0.195 at N = 6, so a 0.2 target stops after the third batch of 2.
-    settings = ImpactSettings(timestep_fs=1.0, duration_fs=3.0, max_extensions=0)
-    est = run_campaign(
-        tmp_path / "seq.sqlite",
-        be_slab,
-        calc,
-        surface="be0001-36",
-        energies_eV=[20.0],
-        n_trajectories=2,
-        campaign_seed=1,
-        settings=settings,
-        target_error=0.2,
-        n_max=10,
-        batch_size=2,
-        quiet=True,
+    # Nothing is sputtered, so the bar is the Wilson half-width z²/(2(N + z²)): 0.245 at
+    # N = 4 and 0.195 at N = 6, so a 0.2 target stops after the third batch of 2.
+    est = _sequential(tmp_path / "seq.sqlite", be_slab, calc, 0.2, n_max=10)
+    assert est.n == 6 and est.n_sputtered == 0
+    none_in_4 = estimate_yield(
+        20.0, [{"n_sputtered": 0, "reflected": 0, "undecided": 0, "unphysical": 0}] * 4
     )
-    assert est[0].n == 6 and est[0].n_sputtered == 0
-    assert (
-        est[0].wilson_half_width
-        <= 0.2
-        < estimate_yield(
-            20.0, [{"n_sputtered": 0, "reflected": 0, "undecided": 0, "unphysical": 0}] * 4
-        ).wilson_half_width
-    )
+    assert est.wilson_half_width <= 0.2 < none_in_4.wilson_half_width
