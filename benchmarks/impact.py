@@ -12,8 +12,10 @@ reference, every seed runs twice:
   so it is compared statistically: yield difference in units of its standard error.
 
 Reported: core-seconds per trajectory of each, the fraction of core time spent outside
-the force call, the paired agreement of outcomes (sputtered count and reflection), both
-yields and their difference in standard errors. Last line: one JSON object.
+the force call, the paired agreement of outcomes (sputtered count and reflection) with its
+95 % Wilson lower bound, both
+yields and their difference in standard errors (and Fisher's exact p, which still means
+something when the yields are near zero). Last line: one JSON object.
 
 Long runs: ``--results runs.jsonl`` appends each finished seed at once and skips seeds
 already there, so a killed run resumes where it stopped (the prepared slab is stored
@@ -35,13 +37,14 @@ from typing import Any
 
 from ase import Atoms
 from ase.io import read, write
+from scipy.stats import fisher_exact
 
 from nnprefine.impact import ImpactResult, ImpactSettings, run_impact
 from nnprefine.md import AdaptiveTimestep
 from nnprefine.parallel import make_executor
 from nnprefine.reference import SnapReference
 from nnprefine.structures import be0001_slab, equilibrate_nvt, relax_slab
-from nnprefine.yields import estimate_yield
+from nnprefine.yields import estimate_yield, wilson_interval
 
 SLABS = {"small": ((4, 4, 6), 5.8), "paper": ((7, 7, 10), 7.0)}
 FIXED = ImpactSettings(early_stop="shadow")
@@ -121,6 +124,11 @@ def summarize(runs: list[dict[str, Any]], slab_atoms: int, energy_eV: float) -> 
     ya, da = _yield(fast)
     se = math.hypot(df / 2, da / 2)  # D = 2σ/√N, so D/2 is the standard error
     fired = [r for r in fixed if r["shadow"].get("stop_time_fs") is not None]
+    n_agree = sum(map(_agree, runs))
+    # Near zero yield the normal approximation says nothing; Fisher's exact test on the
+    # 2×2 table (trajectories with / without sputtering, fixed vs adaptive) still does.
+    events = [sum(r["n_sputtered"] > 0 for r in rows) for rows in (fixed, fast)]
+    _, fisher_p = fisher_exact([[events[0], n - events[0]], [events[1], n - events[1]]])
     return {
         "slab_atoms": slab_atoms,
         "energy_eV": energy_eV,
@@ -138,13 +146,16 @@ def summarize(runs: list[dict[str, Any]], slab_atoms: int, energy_eV: float) -> 
         "fraction_outside_force_call_adaptive": outside(fast),
         "max_abs_energy_drift_fixed_eV": max(abs(r["energy_drift_eV"]) for r in fixed),
         "max_abs_energy_drift_adaptive_eV": max(abs(r["energy_drift_eV"]) for r in fast),
-        "early_stop_paired_agreement": sum(map(_agree, runs)) / n,
+        "early_stop_paired_agreement": n_agree / n,
+        # what N seeds can show: the 95 % Wilson lower bound of the agreement
+        "early_stop_agreement_wilson_low": wilson_interval(n_agree, n)[0],
         "early_stop_fired": len(fired),
         "fixed_yield": yf,
         "fixed_yield_error": df,
         "adaptive_yield": ya,
         "adaptive_yield_error": da,
         "yield_difference_sigma": abs(yf - ya) / se if se > 0 else 0.0,
+        "yield_difference_fisher_p": float(fisher_p),
         "sputtered_fixed": sum(r["n_sputtered"] for r in fixed),
         "sputtered_adaptive": sum(r["n_sputtered"] for r in fast),
         "reflected_fixed": sum(r["reflected"] for r in fixed),
