@@ -13,9 +13,9 @@ reference, every seed runs twice:
 
 Reported: core-seconds per trajectory of each, the fraction of core time spent outside
 the force call, the paired agreement of outcomes (sputtered count and reflection) with its
-95 % Wilson lower bound, both
-yields and their difference in standard errors (and Fisher's exact p, which still means
-something when the yields are near zero). Last line: one JSON object.
+95 % Wilson lower bound, both yields and their difference in standard errors (and
+Fisher's exact p, which still means something when the yields are near zero). Last
+line: one JSON object.
 
 Long runs: ``--results runs.jsonl`` appends each finished seed at once and skips seeds
 already there, so a killed run resumes where it stopped (the prepared slab is stored
