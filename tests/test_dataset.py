@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +260,7 @@ def test_add_many_stores_all_or_nothing(store):
 
 def _verify_store(path: Path, expect_batches_of: int = 1) -> int:
     """Integrity check, then every stored frame k must equal make_frame(k) bit for bit."""
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     with FrameStore(path, elements=("Be",)) as store:
         frames = store.frames()
@@ -480,7 +481,7 @@ def test_bad_store_arguments_and_files(tmp_path):
     with pytest.raises(DatasetError, match="does not exist; create it first"):
         FrameStore(tmp_path / "missing" / "x.sqlite")
     foreign = tmp_path / "foreign.sqlite"
-    with sqlite3.connect(foreign) as conn:
+    with closing(sqlite3.connect(foreign)) as conn, conn:
         conn.execute("CREATE TABLE systems (id INTEGER)")
     with pytest.raises(DatasetError, match="not an nnprefine frame store"):
         FrameStore(foreign)

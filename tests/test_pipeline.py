@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +49,13 @@ def finished(tmp_path_factory) -> Path:
 
 
 def _frames(out: Path) -> dict[str, int]:
-    with sqlite3.connect(out / "data.db") as con:
+    with closing(sqlite3.connect(out / "data.db")) as con, con:
         return dict(con.execute("SELECT hash, id FROM frames"))
 
 
 def _positions(out: Path) -> list[str]:
     """Fingerprints of the stored frames' positions, in storage order."""
-    with sqlite3.connect(out / "data.db") as con:
+    with closing(sqlite3.connect(out / "data.db")) as con, con:
         rows = con.execute("SELECT positions FROM frames ORDER BY id").fetchall()
     return [position_hash(np.frombuffer(blob, dtype="<f8").reshape(-1, 3)) for (blob,) in rows]
 
@@ -93,7 +94,7 @@ def test_run_writes_report_and_summary_with_every_section(finished):
         assert y["yield"] == pytest.approx(y["sputtered"] / y["trajectories"])
         assert y["error_2sigma"] >= 0 and 0 <= y["reflected"] <= 1
     # The data set holds exactly what the iterations say they added.
-    with sqlite3.connect(out / "data.db") as con:
+    with closing(sqlite3.connect(out / "data.db")) as con, con:
         per_iteration = dict(con.execute("SELECT iteration, COUNT(*) FROM frames GROUP BY 1"))
     assert per_iteration[0] == summary["initial_frames"]
     for it in summary["iterations"]:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -381,7 +382,7 @@ _CAMPAIGN_SCRIPT = textwrap.dedent(
 
 
 def _rows(db):
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con, con:
         return con.execute(
             "SELECT surface, energy_eV, idx, seed, created_unix FROM trajectories"
         ).fetchall()
