@@ -42,6 +42,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             r"production\[0\].max_trajectories_per_energy = None .* when target_error is set",
         ),
         ({"production": [{"target_error": -0.01}]}, r"production\[0\].target_error = -0.01"),
+        ({"production": [{"heat_sink": "nose"}]}, r"production\[0\].heat_sink = 'nose'"),
         ({"project": {"element": "Xx"}}, r"project.element"),
         (
             {"initial_data": {"slab": {"size": [2, 2, 6]}}},

@@ -187,6 +187,21 @@ def test_100eV_impact_conserves_total_energy(be_slab, calc):
     assert abs(r.energy_drift_eV) < 0.01
 
 
+def test_heat_sink_in_an_impact_takes_heat_and_the_balance_closes(be_slab, calc):
+    settings = ImpactSettings(
+        timestep_fs=0.1,
+        duration_fs=25.0,
+        max_extensions=0,
+        heat_sink="berendsen",
+        heat_sink_temperature_K=0.0,
+        heat_sink_tau_fs=10.0,
+    )
+    r = run_impact(be_slab, calc, 100.0, seed=3, settings=settings)
+    assert not r.unphysical and r.heat_removed_eV > 0.05
+    # What the slab lost is what the sink took: total + removed is conserved.
+    assert abs(r.energy_drift_eV) < 0.01
+
+
 def test_replay_from_seed_is_bit_for_bit(be_slab, calc):
     def frames(seed):
         out = []

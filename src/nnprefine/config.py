@@ -442,9 +442,26 @@ class ProductionConfig:
     #: sputtered atoms per ion) or max_trajectories_per_energy is reached
     target_error: float | None = None
     max_trajectories_per_energy: int | None = None
+    #: optional heat sink as cascade studies use it (off in the paper): a thermostat at
+    #: structures.temperature_K on the lateral border and bottom of the free slab, the
+    #: impact zone and the top layer left NVE; "off", "berendsen" or "langevin"
+    heat_sink: str = "off"
+    heat_sink_tau_fs: float = 50.0
 
     def validate(self, key: str) -> None:
         self.slab.validate(f"{key}.slab")
+        _check(
+            self.heat_sink in ("off", "berendsen", "langevin"),
+            f"{key}.heat_sink",
+            "'off', 'berendsen' or 'langevin'",
+            self.heat_sink,
+        )
+        _check(
+            self.heat_sink_tau_fs > 0,
+            f"{key}.heat_sink_tau_fs",
+            "a positive time (fs)",
+            self.heat_sink_tau_fs,
+        )
         if self.target_error is not None:
             _check(
                 self.target_error > 0,

@@ -410,6 +410,7 @@ class ImpactResult:
     max_disagreement: float | None = None
     shadow: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    heat_removed_eV: float = 0.0  # by the optional heat sink (in energy_drift_eV's balance)
 
 
 class _MaxTracker:
@@ -557,4 +558,5 @@ def run_impact(
         max_disagreement=tracker.value,
         shadow=shadow,
         settings=settings.as_dict(),
+        heat_removed_eV=s.heat_removed_eV,
     )

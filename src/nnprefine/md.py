@@ -210,7 +210,7 @@ def heat_sink_mask(
     lateral_width_A: float = 3.0,
     bottom_width_A: float = 3.0,
     surface_z_A: float | None = None,
-    surface_width_A: float = 2.0,
+    surface_width_A: float = 1.0,
 ) -> np.ndarray:
     """Atoms of the heat sink: a lateral border around the impact point, and the bottom of
     the free slab. Returns (n_atoms,) bool; fixed atoms are excluded, and so, when

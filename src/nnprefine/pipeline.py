@@ -116,7 +116,7 @@ def final_model(project: Project) -> dict[str, Any]:
     return rec
 
 
-def _impact_settings(prod: Any, r_cut_A: float):
+def _impact_settings(prod: Any, r_cut_A: float, temperature_K: float):
     from nnprefine.impact import ImpactSettings
     from nnprefine.md import AdaptiveTimestep
 
@@ -128,6 +128,9 @@ def _impact_settings(prod: Any, r_cut_A: float):
         max_extensions=prod.max_extensions,
         adaptive=AdaptiveTimestep() if prod.adaptive_timestep else None,
         early_stop="on" if prod.early_stop else "off",
+        heat_sink=None if prod.heat_sink == "off" else prod.heat_sink,
+        heat_sink_temperature_K=temperature_K,
+        heat_sink_tau_fs=prod.heat_sink_tau_fs,
     )
 
 
@@ -190,7 +193,7 @@ def sputter(project: Project) -> dict[str, Any]:
                 energies_eV=c["energies_eV"],
                 n_trajectories=c["trajectories"],
                 campaign_seed=project.seed("production", c["label"]),
-                settings=_impact_settings(prod, r_cut),
+                settings=_impact_settings(prod, r_cut, cfg.structures.temperature_K),
                 executor=ex,
                 driver=c["driver"],
                 # sequential stopping applies to the model's campaign, not the reference check
