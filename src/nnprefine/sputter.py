@@ -330,6 +330,8 @@ def run_campaign(
     in batches of ``batch_size`` until its yield error bar (the larger of D = 2σ/√N and
     the 95 % Wilson half-width, which stays non-zero when nothing was sputtered) is at
     most ``target_error`` with at least ``n_trajectories`` done, or ``n_max`` is reached.
+    Stopping on the data biases the yield slightly low (a run that happens to sit low
+    reaches its error bar sooner); keep ``n_trajectories`` large enough to limit that.
     ``driver`` names the potential that drives the MD (default: the calculator's class).
     """
     settings = settings or ImpactSettings()
