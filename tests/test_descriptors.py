@@ -283,6 +283,46 @@ def test_jvp_is_transpose_of_force_pass_and_a_directional_derivative(name):
     assert np.all(Jv[mask == 0] == 0.0)
 
 
+@pytest.mark.parametrize("name", ["two_elements", "slab", "small_cell"])
+@pytest.mark.parametrize("wide_by_tensor", [True, False])
+def test_jacobian_blocks_give_the_force_pass_the_jvp_and_finite_differences(name, wide_by_tensor):
+    atoms = STRUCTURES[name]()
+    sfset = _mixed_set()
+    desc = Descriptor(sfset, skin_A=0.5, wide_by_tensor=wide_by_tensor)
+    nb = desc.neighbours(atoms)
+    G, B = desc.jacobian(atoms, neighbours=nb)
+    np.testing.assert_array_equal(G, desc.values(atoms, neighbours=nb))
+    i_p = np.repeat(np.arange(len(atoms)), np.diff(nb.offsets))
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=G.shape) * _padding_mask(sfset, atoms)
+    h = np.einsum("pg,pgc->pc", w[i_p], B)  # ∂E/∂d_p
+    F = np.zeros((len(atoms), 3))
+    np.add.at(F, i_p, h)
+    np.add.at(F, nb.j, -h)
+    F_pass = desc.forces(atoms, w, neighbours=nb)[0]
+    np.testing.assert_allclose(F, F_pass, atol=1e-11 * np.abs(F_pass).max())
+    v = rng.normal(size=(len(atoms), 3))
+    Jv = np.zeros_like(G)
+    np.add.at(Jv, i_p, np.einsum("pgc,pc->pg", B, v[nb.j] - v[i_p]))
+    np.testing.assert_allclose(Jv, desc.jvp(atoms, v, neighbours=nb), atol=1e-11 * np.abs(Jv).max())
+    # one block against central differences of G_i in the position of neighbour j alone
+    d = 1e-5
+    k, a = 1, 2
+    p, m = atoms.copy(), atoms.copy()
+    p.positions[k, a] += d
+    m.positions[k, a] -= d
+    num = (desc.values(p) - desc.values(m)) / (2 * d)
+    dG = np.zeros_like(G)
+    np.add.at(dG, i_p[nb.j == k], B[nb.j == k, :, a])
+    dG[k] -= B[i_p == k, :, a].sum(axis=0)
+    assert np.max(np.abs(dG - num)) < 1e-6 * np.max(np.abs(num))
+    # entries beyond the cutoff (inside the skin) are zero blocks
+    r = np.linalg.norm(
+        atoms.positions[nb.j] + nb.shift @ atoms.cell.array - atoms.positions[i_p], axis=1
+    )
+    assert np.all(B[r >= sfset.r_cut] == 0.0)
+
+
 # ----------------------------------------------------------------------------- invariances
 
 

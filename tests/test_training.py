@@ -10,13 +10,18 @@ import torch
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from nnprefine._kalman import GlobalKalmanFilter
 from nnprefine.descriptors import make_set
 from nnprefine.errors import ConfigError, DatasetError, ModelError
 from nnprefine.model import Committee, NNPotential
 from nnprefine.training import (
     TrainingSettings,
     _DescriptorForces,
+    _JacobianBudget,
     _prepare,
+    _set_offsets,
+    _test_set_selects,
+    _TorchModel,
     rmse,
     split_frames,
     train,
@@ -69,6 +74,9 @@ def test_adam_training_fits_snap_labels(sfset, frames, tmp_path):
     hist = train(pot, train_set, test_set, _quick(), log_dir=tmp_path / "log")
     first, best = hist.rows[0], min(hist.rows, key=lambda r: r["test_loss"])
     assert best["test_loss"] < 0.5 * first["test_loss"]
+    # 3 test frames are too few to pick weights on: the model keeps the last ones, and says so
+    assert "keeping the last weights" in (tmp_path / "log" / "training.log").read_text()
+    best = hist.rows[-1]
     # the scaling came from the training set and the offset sits near SNAP's −3.28 eV/atom
     assert pot.scaling.mode == "scalecenter"
     assert pot.energy_offsets_eV["Be"] == pytest.approx(-3.28, abs=0.1)
@@ -196,3 +204,111 @@ def test_a_diverging_kalman_filter_says_why(sfset, frames):
     )
     with pytest.raises(ModelError, match="diverged in epoch .* kalman_epsilon near"):
         train(pot, train_set, test_set, settings)
+
+
+def _loss_and_grads(pot, frames):
+    """Force + energy loss of ``frames`` and its gradient in the weights (flat)."""
+    _set_offsets(frames, pot)
+    tm = _TorchModel(pot)
+    energies, forces = tm.forward(frames, True)
+    ref_f = torch.from_numpy(np.concatenate([f.forces_eV_per_A for f in frames]))
+    ref_e = torch.tensor([f.energy_eV for f in frames], dtype=torch.float64)
+    loss = ((energies - ref_e) ** 2).mean() + ((torch.cat(forces) - ref_f) ** 2).mean()
+    return torch.cat(forces).detach(), tm.flat_grad(loss, retain_graph=False)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_cached_and_on_the_fly_paths_give_the_same_forces_and_loss_gradient(
+    sfset, frames, dtype, rtol
+):
+    pot = NNPotential(sfset, hidden=(5, 4), seed=9)
+    budget = _JacobianBudget(2**30, dtype)
+    cached = _prepare(frames[:3], pot, 1.0, budget)
+    fly = _prepare(frames[:3], pot, 1.0)
+    assert budget.cached == 3 and all(f.jacobian is not None for f in cached)
+    assert all(f.jacobian is None for f in fly)
+    f_c, g_c = _loss_and_grads(pot, cached)
+    f_f, g_f = _loss_and_grads(pot, fly)
+    assert torch.abs(f_f).max() > 1e-2  # a real test: the forces are not trivially zero
+    torch.testing.assert_close(f_c, f_f, rtol=rtol, atol=rtol * float(torch.abs(f_f).max()))
+    torch.testing.assert_close(g_c, g_f, rtol=rtol, atol=rtol * float(torch.abs(g_f).max()))
+
+
+def test_the_jacobian_budget_is_respected_and_training_continues_on_the_fly(
+    sfset, frames, tmp_path
+):
+    pot = NNPotential(sfset, hidden=(6,), seed=2)
+    one = _prepare(frames[:1], pot, 1.0, _JacobianBudget(2**30))[0].jacobian.nbytes
+    budget = _JacobianBudget(2.5 * one)
+    prepared = _prepare(frames[:5], pot, 1.0, budget)
+    assert [f.jacobian is not None for f in prepared] == [True, True, False, False, False]
+    assert budget.bytes_used <= 2.5 * one and (budget.cached, budget.on_the_fly) == (2, 3)
+    # a budget too small for any frame: training says so and gives the cached run's numbers
+    train_set, test_set = split_frames(frames)
+    small = _quick(epochs=3, jacobian_cache_GiB=1e-9, jacobian_dtype="float64")
+    a = train(NNPotential(sfset, hidden=(6,), seed=2), train_set, test_set, small, tmp_path / "a")
+    log = (tmp_path / "a" / "training.log").read_text()
+    assert "0 frames" in log and "14 on the fly" in log and "jacobian_cache_GiB" in log
+    b = train(
+        NNPotential(sfset, hidden=(6,), seed=2),
+        train_set,
+        test_set,
+        _quick(epochs=3, jacobian_dtype="float64"),
+    )
+    np.testing.assert_allclose(
+        [r["test_loss"] for r in a.rows], [r["test_loss"] for r in b.rows], rtol=1e-8
+    )
+
+
+def test_resume_with_the_cache_matches_a_run_on_the_fly(sfset, frames, tmp_path):
+    train_set, test_set = split_frames(frames)
+    s = dict(epochs=4, jacobian_dtype="float64")
+    train(
+        NNPotential(sfset, hidden=(6,), seed=2),
+        train_set,
+        test_set,
+        _quick(**{**s, "epochs": 2}),
+        tmp_path,
+    )
+    resumed = train(
+        NNPotential(sfset, hidden=(6,), seed=2), train_set, test_set, _quick(**s), tmp_path
+    )
+    fly = train(
+        NNPotential(sfset, hidden=(6,), seed=2),
+        train_set,
+        test_set,
+        _quick(**s, jacobian_cache_GiB=0.0),
+    )
+    np.testing.assert_allclose(
+        [r["test_loss"] for r in resumed.rows], [r["test_loss"] for r in fly.rows], rtol=1e-8
+    )
+
+
+def test_one_kalman_update_reduces_the_error_of_the_component_it_used(sfset, frames):
+    pot = NNPotential(sfset, hidden=(4,), seed=1)
+    (frame,) = _prepare(frames[:1], pot, 1.0, _JacobianBudget(2**30, "float64"))
+    _set_offsets([frame], pot)
+    tm = _TorchModel(pot)
+    kf = GlobalKalmanFilter(sum(p.numel() for p in tm.params), 1e-2, 1e-2, 2.3, 1e-6, 0.96, 0.9995)
+    kf.start_epoch(0, 1)
+    c = 7  # one force component
+
+    def error():
+        _, forces = tm.forward([frame], True)
+        flat = forces[0].reshape(-1)
+        return float(frame.forces_eV_per_A.reshape(-1)[c] - flat[c].item()), flat
+
+    before, flat = error()
+    h = tm.flat_grad(flat[c], retain_graph=False)[:, None]
+    w = tm.flat_params()
+    kf.update(w, torch.tensor([before], dtype=torch.float64), h)
+    tm.set_flat_params(w)
+    after, _ = error()
+    assert abs(before) > 1e-3 and abs(after) < 0.5 * abs(before)
+
+
+def test_model_selection_needs_ten_frames_and_ten_percent():
+    assert _test_set_selects(90, 10) and _test_set_selects(200, 30)
+    assert not _test_set_selects(11, 3)  # the quick job's old 3-frame test set
+    assert not _test_set_selects(200, 12)  # 10 frames, but under 10 %
+    assert not _test_set_selects(0, 9)

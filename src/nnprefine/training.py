@@ -10,12 +10,24 @@ per frame on its energy and one on a random ``kalman_force_fraction`` of all for
 components per epoch; n2p2's standard filter by default, its fading-memory one with
 ``kalman_type = "fading"``).
 
-Force training never stores ∂G/∂r: the forces come from a custom autograd function
-whose forward pass is the descriptor's force pass F = −Jᵀ ∂E/∂G and whose backward pass
-is the descriptor's Jacobian-vector product −J·v; ∂E/∂G comes from the networks with
+Forces are F = −Jᵀ ∂E/∂G with J = ∂G/∂r; ∂E/∂G comes from the networks with
 ``create_graph=True``, so force-loss gradients reach the weights by ordinary backprop.
-Symmetry functions G are cached per frame; neighbour lists are cached when they are
-small (``neighbour_cache_mib_per_frame``), else rebuilt per step.
+Two paths give the same numbers (to rounding):
+
+- cached (the default while the budget lasts): each frame's per-pair Jacobian blocks
+  ∂G_i/∂d_p (n_functions × 3 per centre–neighbour pair, ``jacobian_dtype``) are computed
+  once by the descriptor kernel, and every step is a few sparse products in torch;
+  ``jacobian_cache_GiB`` bounds their memory (≈ 8 MiB per 96-atom frame of the paper set
+  in float32); frames beyond it use
+- on the fly: a custom autograd function whose forward pass is the descriptor's force pass
+  and whose backward pass is its Jacobian-vector product (≈ 20× slower per step).
+
+Symmetry functions G are cached per frame; neighbour lists of on-the-fly frames are
+cached when they are small (``neighbour_cache_mib_per_frame``), else rebuilt per step.
+
+Model selection: best-on-test weights and early stopping need a test set of at least
+``MIN_TEST_FRAMES`` frames and 10 % of the data; with fewer, training keeps the last
+weights, runs every epoch, and says so.
 
 Checkpoints and resume: with ``log_dir``, each member writes ``member_XXX/log.csv``
 (one row per epoch), ``member_XXX/best`` (best test loss so far, a model directory) and
@@ -44,7 +56,7 @@ import torch
 from ase import Atoms
 
 from nnprefine._kalman import KALMAN_TYPES, GlobalKalmanFilter
-from nnprefine.descriptors import Descriptor, Neighbours
+from nnprefine.descriptors import Descriptor, Neighbours, build_neighbours
 from nnprefine.errors import ConfigError, DatasetError, ModelError
 from nnprefine.model import Committee, InputScaling, NNPotential
 from nnprefine.project import atomic_path
@@ -91,6 +103,10 @@ class TrainingSettings:
     #: (refitting them would shift the inputs under the trained weights)
     warm_start: bool = False
     neighbour_cache_mib_per_frame: float = 0.5
+    #: memory for the per-frame Jacobian cache (GiB); frames beyond it train on the fly
+    jacobian_cache_GiB: float = 6.0
+    #: "float32" (half the memory; forces to ~1e-7 relative) or "float64"
+    jacobian_dtype: str = "float32"
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -105,6 +121,14 @@ class TrainingSettings:
             raise ConfigError(
                 f"kalman_type must be 'standard' or 'fading', got {self.kalman_type!r}"
             )
+        if not self.jacobian_cache_GiB >= 0.0:
+            raise ConfigError(
+                f"jacobian_cache_GiB must be ≥ 0 (0: no cache), got {self.jacobian_cache_GiB}"
+            )
+        if self.jacobian_dtype not in JACOBIAN_DTYPES:
+            raise ConfigError(
+                f"jacobian_dtype must be one of {JACOBIAN_DTYPES}, got {self.jacobian_dtype!r}"
+            )
         if not 0.0 <= self.kalman_force_fraction <= 1.0:
             raise ConfigError(
                 f"kalman_force_fraction must lie in [0, 1], got {self.kalman_force_fraction}"
@@ -114,8 +138,20 @@ class TrainingSettings:
         return dataclasses.asdict(self)
 
 
+JACOBIAN_DTYPES = ("float32", "float64")
+#: a smaller test set is too noisy to pick weights or stop on
+MIN_TEST_FRAMES = 10
+MIN_TEST_FRACTION = 0.1
+
 #: settings that may change between a run and its resumption
-_RESUMABLE_CHANGES = {"epochs", "quiet", "patience_epochs"}
+_RESUMABLE_CHANGES = {
+    "epochs",
+    "quiet",
+    "patience_epochs",
+    "jacobian_cache_GiB",
+    "jacobian_dtype",
+    "neighbour_cache_mib_per_frame",
+}
 
 
 @dataclass
@@ -174,9 +210,55 @@ def _labels(atoms: Atoms, k: int) -> tuple[float, np.ndarray]:
     return energy, forces
 
 
+@dataclass(frozen=True)
+class _PairJacobian:
+    """∂G/∂r of one frame as per-pair blocks (see ``Descriptor.jacobian``).
+
+    centre, neighbour: (n_pairs,) int64 atom indices i, j of each pair p;
+    blocks: (n_pairs, max_functions, 3) float32 or float64, ∂G_i/∂d_p in Å⁻¹.
+    Pairs beyond every cutoff are dropped.
+    """
+
+    centre: torch.Tensor
+    neighbour: torch.Tensor
+    blocks: torch.Tensor
+    n_atoms: int
+
+    @classmethod
+    def of(
+        cls, d: Descriptor, atoms: Atoms, nb: Neighbours, dtype: str
+    ) -> tuple[np.ndarray, _PairJacobian]:
+        """G (n_atoms, max_functions) float64 and the cached Jacobian of ``atoms``."""
+        values, blocks = d.jacobian(atoms, neighbours=nb)
+        centre = np.repeat(np.arange(len(atoms)), np.diff(nb.offsets))
+        keep = np.flatnonzero(np.abs(blocks).reshape(len(blocks), -1).max(axis=1) > 0.0)
+        jac = cls(
+            torch.from_numpy(centre[keep]),
+            torch.from_numpy(np.ascontiguousarray(nb.j[keep])),
+            torch.from_numpy(np.ascontiguousarray(blocks[keep], dtype=dtype)),
+            len(atoms),
+        )
+        return values, jac
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.centre, self.neighbour, self.blocks))
+
+    def forces(self, dedg: torch.Tensor) -> torch.Tensor:
+        """F (n_atoms, 3) float64, eV/Å, from dedg = ∂E/∂G (n_atoms, max_functions), eV.
+
+        Per pair h_p = B_pᵀ w_i = ∂E/∂d_p; F_i += h_p, F_j −= h_p. Differentiable in dedg.
+        """
+        w = dedg.to(self.blocks.dtype)[self.centre]
+        h = torch.einsum("pg,pgc->pc", w, self.blocks).to(torch.float64)
+        zeros = torch.zeros((self.n_atoms, 3), dtype=torch.float64)
+        return zeros.index_add(0, self.centre, h).index_add(0, self.neighbour, -h)
+
+
 @dataclass
 class _Frame:
-    """A training frame: cached G (n_atoms, max_functions) and labels minus baseline."""
+    """A training frame: cached G (n_atoms, max_functions), labels minus baseline, and
+    either the cached Jacobian or (for the on-the-fly path) maybe its neighbour list."""
 
     atoms: Atoms
     symbols: np.ndarray
@@ -185,6 +267,7 @@ class _Frame:
     forces_eV_per_A: np.ndarray
     neighbours: Neighbours | None
     offset_eV: float = 0.0
+    jacobian: _PairJacobian | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -210,20 +293,52 @@ def _nbytes(obj: Any) -> int:
     return total
 
 
-def _prepare(frames: Sequence[Atoms], pot: NNPotential, cache_limit_mib: float) -> list[_Frame]:
+@dataclass
+class _JacobianBudget:
+    """Bytes left for cached Jacobians, and what happened to the frames that asked."""
+
+    bytes_left: float
+    dtype: str = "float32"
+    cached: int = 0
+    on_the_fly: int = 0
+    bytes_used: int = 0
+
+    def estimate(self, nb: Neighbours, n_functions: int) -> int:
+        """Upper bound of one frame's cache (before dropping pairs beyond the cutoffs)."""
+        return nb.n_pairs * (n_functions * 3 * np.dtype(self.dtype).itemsize + 16)
+
+
+def _prepare(
+    frames: Sequence[Atoms],
+    pot: NNPotential,
+    cache_limit_mib: float,
+    budget: _JacobianBudget | None = None,
+) -> list[_Frame]:
+    """Labels (minus the baseline), G, and a cached Jacobian while ``budget`` lasts."""
+    from nnprefine.model import _symbols_check
+
     d = pot.descriptor
     out = []
     for k, atoms in enumerate(frames):
         energy, forces = _labels(atoms, k)
-        from nnprefine.model import _symbols_check
-
         symbols = _symbols_check(atoms, pot.elements)
         plain = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        nb = d.neighbours(plain)
-        values = d.values(plain, neighbours=nb)
         if pot.baseline is not None:
             e_b, f_b = pot.baseline.energy_forces(plain)
             energy, forces = energy - e_b, forces - f_b
+        if budget is not None:
+            d._elements_of(plain)  # a clear error for an element the set does not cover
+            nb0 = build_neighbours(plain, d.sfset.r_cut)
+            if budget.estimate(nb0, d.n_functions_max) <= budget.bytes_left:
+                values, jac = _PairJacobian.of(d, plain, nb0, budget.dtype)
+                budget.bytes_left -= jac.nbytes
+                budget.bytes_used += jac.nbytes
+                budget.cached += 1
+                out.append(_Frame(plain, symbols, values, energy, forces, None, jacobian=jac))
+                continue
+            budget.on_the_fly += 1
+        nb = d.neighbours(plain)
+        values = d.values(plain, neighbours=nb)
         keep = nb if _nbytes(nb) <= cache_limit_mib * 2**20 else None
         out.append(_Frame(plain, symbols, values, energy, forces, keep))
     return out
@@ -311,9 +426,10 @@ class _TorchModel:
         }
 
     def forward(
-        self, frames: Sequence[_Frame], with_forces: bool
+        self, frames: Sequence[_Frame], with_forces: bool, create_graph: bool = True
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Frame energies (B,) eV and, if asked, forces [(n_b, 3)] eV/Å."""
+        """Frame energies (B,) eV and, if asked, forces [(n_b, 3)] eV/Å (differentiable in
+        the weights unless ``create_graph`` is False)."""
         g = torch.from_numpy(np.concatenate([f.values for f in frames]))
         g.requires_grad_(with_forces)
         symbols = np.concatenate([f.symbols for f in frames])
@@ -337,12 +453,14 @@ class _TorchModel:
         )
         forces: list[torch.Tensor] = []
         if with_forces:
-            (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=True)
+            (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=create_graph)
             start = 0
             for f in frames:
-                forces.append(
-                    _DescriptorForces.apply(dedg[start : start + f.n_atoms], f, self.pot.descriptor)
-                )
+                w = dedg[start : start + f.n_atoms]
+                if f.jacobian is not None:
+                    forces.append(f.jacobian.forces(w))
+                else:
+                    forces.append(_DescriptorForces.apply(w, f, self.pot.descriptor))
                 start += f.n_atoms
         return energies, forces
 
@@ -370,9 +488,21 @@ class _TorchModel:
 
 
 def _errors(pot: NNPotential, frames: Sequence[_Frame]) -> tuple[float, float, int]:
-    """Σ (ΔE/atom)², Σ ΔF_component², number of frames (numpy path)."""
+    """Σ (ΔE/atom)², Σ ΔF_component², number of frames (cached frames through torch,
+    the others through the descriptor's force pass)."""
     se, sf = 0.0, 0.0
+    cached = [f for f in frames if f.jacobian is not None]
+    if cached:
+        tm = _TorchModel(pot)
+        for start in range(0, len(cached), 16):
+            batch = cached[start : start + 16]
+            energies, forces = tm.forward(batch, True, create_graph=False)
+            for f, e, fo in zip(batch, energies.detach(), forces, strict=True):
+                se += ((float(e) - f.energy_eV) / f.n_atoms) ** 2
+                sf += float(((fo.detach().numpy() - f.forces_eV_per_A) ** 2).sum())
     for f in frames:
+        if f.jacobian is not None:
+            continue
         ei, dedg = pot.atomic_energies_from_values(f.symbols, f.values)
         forces, _ = pot.descriptor.forces(
             f.atoms, dedg, neighbours=f.get_neighbours(pot.descriptor)
@@ -514,6 +644,20 @@ def _diverged(epoch: int, s: TrainingSettings) -> str:
     return f"training diverged in epoch {epoch} (NaN or infinite weights or loss): {hint}, or check the labels"
 
 
+def _test_set_selects(n_train: int, n_test: int) -> bool:
+    """Whether a test set is large enough to pick best weights and stop early on."""
+    return n_test >= max(MIN_TEST_FRAMES, MIN_TEST_FRACTION * (n_train + n_test) - 1e-9)
+
+
+def _log(s: TrainingSettings, log_dir: Path | None, message: str) -> None:
+    """A line for the user (unless quiet) and for ``log_dir/training.log``."""
+    if not s.quiet:
+        print(f"training: {message}", flush=True)
+    if log_dir is not None:
+        with (log_dir / "training.log").open("a") as fh:
+            fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
+
+
 def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     if not rows:
         return
@@ -543,6 +687,7 @@ def _train_member(
     member_index: int,
     progress: Any,
     warm: bool = False,
+    select: bool = True,
 ) -> TrainingHistory:
     rng = np.random.default_rng([s.seed, member_index])
     history = TrainingHistory()
@@ -612,7 +757,9 @@ def _train_member(
         te_e, te_f = _rmse_of(pot, test_set)
         seconds = time.perf_counter() - t0
         test_loss = _loss_of(s, te_e, te_f) if test_set else _loss_of(s, tr_e, tr_f)
-        if not math.isfinite(test_loss):
+        finite_weights = all(np.isfinite(w).all() for w in pot.weight_arrays().values())
+        nan_test = bool(test_set) and (math.isnan(te_e) or math.isnan(te_f))
+        if not (math.isfinite(test_loss) and finite_weights) or nan_test:
             raise ModelError(_diverged(epoch, s))
         row = {
             "epoch": epoch,
@@ -624,12 +771,12 @@ def _train_member(
             "test_loss": test_loss,
         }
         history.rows.append(row)
-        if test_loss < history.best_test_loss:
+        if not select or test_loss < history.best_test_loss:
             history.best_test_loss, history.best_epoch = test_loss, epoch
             best_weights = pot.weight_arrays()
             if member_dir is not None:
                 pot.save(member_dir / "best")
-        if epoch - history.best_epoch >= s.patience_epochs:
+        if select and epoch - history.best_epoch >= s.patience_epochs:
             history.finished = True  # early stop: no test improvement for patience_epochs
         if member_dir is not None:
             _checkpoint(pot, opt, rng, history, s, member_dir)
@@ -694,12 +841,30 @@ def train(
         raise DatasetError("no training frames; label some structures first")
     torch.manual_seed(s.seed)
     pot0 = members[0]
-    train_set = _prepare(train_frames, pot0, s.neighbour_cache_mib_per_frame)
-    test_set = _prepare(test_frames, pot0, s.neighbour_cache_mib_per_frame)
+    budget = _JacobianBudget(s.jacobian_cache_GiB * 2**30, s.jacobian_dtype)
+    train_set = _prepare(train_frames, pot0, s.neighbour_cache_mib_per_frame, budget)
+    test_set = _prepare(test_frames, pot0, s.neighbour_cache_mib_per_frame, budget)
+    select = _test_set_selects(len(train_set), len(test_set))
     log_path = Path(log_dir) if log_dir is not None else None
+    notes = [
+        f"Jacobian cache: {budget.cached} frames ({budget.bytes_used / 2**20:.0f} MiB, "
+        f"{s.jacobian_dtype}), {budget.on_the_fly} on the fly"
+        + (
+            f" (jacobian_cache_GiB = {s.jacobian_cache_GiB:g} is full; raise it for faster epochs)"
+            if budget.on_the_fly
+            else ""
+        )
+    ]
+    if not select:
+        notes.append(
+            f"test set of {len(test_set)} frames is below max({MIN_TEST_FRAMES} frames, "
+            f"{MIN_TEST_FRACTION:.0%} of the data): keeping the last weights, no early stop"
+        )
     if log_path is not None:
         log_path.mkdir(parents=True, exist_ok=True)
         (log_path / "settings.json").write_text(json.dumps(s.to_dict(), indent=1) + "\n")
+    for note in notes:
+        _log(s, log_path, note)
     warm = s.warm_start and all("training" in pot.metadata for pot in members)
     if not warm:
         _fit_inputs(pot0, train_set, s)
@@ -724,7 +889,7 @@ def train(
             if member_dir is not None:
                 member_dir.mkdir(exist_ok=True)
             histories.append(
-                _train_member(pot, train_set, test_set, s, member_dir, k, progress, warm)
+                _train_member(pot, train_set, test_set, s, member_dir, k, progress, warm, select)
             )
     finally:
         if progress is not None:

@@ -16,7 +16,8 @@ Three code paths per atom (see ``Descriptor`` for which function goes where):
   Σ_{j,k} a_j a_k (r̂_j·r̂_k)ⁿ = Σ_{|m|=n} n!/m! (Σ_j a_j r̂_j^m)², so the pair sum costs
   O(neighbours); the j = k terms are subtracted and the result halved for j < k.
 
-Modes: 0 values, 1 values + per-pair gradients (forces), 2 JVP.
+Modes: 0 values, 1 values + per-pair gradients (forces), 2 JVP, 3 values + the Jacobian
+blocks ∂G_i,col/∂d_p (n_functions × 3 per neighbour entry p of atom i; the training cache).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _atom(
     r_int, r_flt, r_rng,
     t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc,
     k_int, k_flt, k_rng, w_int, w_flt, w_rng, m_par, m_ax, m_exp, m_dix, m_n, m_deg, m_coef,
-    n_el, w_row, v, g_out, out_row,
+    n_el, w_row, v, g_out, out_row, jac_out,
 ):  # fmt: skip
     """Everything for central atom i; see the module docstring for ``mode``."""
     e = elem[i]
@@ -75,6 +76,7 @@ def _atom(
     ux = np.zeros(n)
     uy = np.zeros(n)
     uz = np.zeros(n)
+    jac = np.zeros((n if mode == 3 else 0, out_row.shape[0], 3))
     if mode == 2:
         for k in range(n):
             j = nbj[pid[k]]
@@ -101,12 +103,17 @@ def _atom(
                     gx[k] += s * dx[k]
                     gy[k] += s * dy[k]
                     gz[k] += s * dz[k]
+                elif mode == 3:
+                    s = da / rr[k]
+                    jac[k, col, 0] += s * dx[k]
+                    jac[k, col, 1] += s * dy[k]
+                    jac[k, col, 2] += s * dz[k]
         out_row[col] += acc
     # ------------------------------------------------------------------ triplet groups
     if t_rng[e, 1] > t_rng[e, 0]:
         triplets(
             mode, n, dx, dy, dz, rr, el, ux, uy, uz, gx, gy, gz, e, ctype, alpha,
-            t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc, n_el, w_row, out_row,
+            t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc, n_el, w_row, out_row, jac,
         )  # fmt: skip
     # ------------------------------------------------------------------ tensor G9
     nk = k_rng[e, 1] - k_rng[e, 0]
@@ -114,7 +121,7 @@ def _atom(
         _tensor(
             mode, n, dx, dy, dz, rr, el, ux, uy, uz, gx, gy, gz, e, ctype, alpha,
             k_int, k_flt, k_rng, w_int, w_flt, w_rng, m_par, m_ax, m_exp, m_dix, m_n,
-            m_deg, m_coef, n_el, w_row, out_row,
+            m_deg, m_coef, n_el, w_row, out_row, jac,
         )  # fmt: skip
     if mode == 1:
         for k in range(n):
@@ -122,13 +129,16 @@ def _atom(
             g_out[p, 0] = gx[k]
             g_out[p, 1] = gy[k]
             g_out[p, 2] = gz[k]
+    elif mode == 3:
+        for k in range(n):
+            jac_out[pid[k]] = jac[k]
 
 
 @nb.njit(**_OPTS)
 def _tensor(
     mode, n, dx, dy, dz, rr, el, ux, uy, uz, gx, gy, gz, e, ctype, alpha,
     k_int, k_flt, k_rng, w_int, w_flt, w_rng, m_par, m_ax, m_exp, m_dix, m_n, m_deg, m_coef,
-    n_el, w_row, out_row,
+    n_el, w_row, out_row, jac,
 ):  # fmt: skip
     """Wide angular functions with integer ζ by symmetric tensor powers of r̂."""
     k0, k1 = k_rng[e, 0], k_rng[e, 1]
@@ -166,7 +176,7 @@ def _tensor(
                 for m in range(nmk):
                     T[kk, ek, m] += a * M[k, m]
     f0, f1 = w_rng[e, 0], w_rng[e, 1]
-    if mode == 0 or mode == 1:
+    if mode != 2:
         for f in range(f0, f1):
             kk = w_int[f, 0] - k0
             e1, e2, zeta, col = w_int[f, 1], w_int[f, 2], w_int[f, 3], w_int[f, 4]
@@ -240,6 +250,54 @@ def _tensor(
                 gx[k] += rad * hx + s * vx
                 gy[k] += rad * hy + s * vy
                 gz[k] += rad * hz + s * vz
+    if mode == 3:  # the gradient pass of mode 1, one function at a time
+        K = np.zeros((n_el, nm))
+        KD = np.zeros(n_el)
+        for f in range(f0, f1):
+            kk = w_int[f, 0] - k0
+            e1, e2, zeta, col = w_int[f, 1], w_int[f, 2], w_int[f, 3], w_int[f, 4]
+            lam, wf = w_flt[f, 0], w_flt[f, 1]
+            nmk = m_deg[k_int[k0 + kk, 1] + 1]
+            K[:, :] = 0.0
+            KD[:] = 0.0
+            binom = 1.0
+            lamn = 1.0
+            for deg in range(zeta + 1):
+                b = wf * binom * lamn
+                for m in range(m_deg[deg], m_deg[deg + 1]):
+                    cm = b * m_coef[m]
+                    if e1 == e2:
+                        K[e1, m] += cm * T[kk, e1, m]
+                    else:
+                        K[e1, m] += cm * T[kk, e2, m]
+                        K[e2, m] += cm * T[kk, e1, m]
+                if e1 == e2:
+                    KD[e1] -= 0.5 * b
+                binom = binom * (zeta - deg) / (deg + 1)
+                lamn *= lam
+            for k in range(n):
+                ek = el[k]
+                if ek != e1 and ek != e2:
+                    continue
+                a = A[kk, k]
+                if a == 0.0:
+                    continue
+                da = dA[kk, k]
+                ir = 1.0 / rr[k]
+                rad = 2.0 * KD[ek] * a * da + K[ek, 0] * da
+                vx = 0.0
+                vy = 0.0
+                vz = 0.0
+                for m in range(1, nmk):
+                    km = K[ek, m]
+                    rad += km * M[k, m] * (da - m_n[m] * a * ir)
+                    vx += km * m_exp[m, 0] * M[k, m_dix[m, 0]]
+                    vy += km * m_exp[m, 1] * M[k, m_dix[m, 1]]
+                    vz += km * m_exp[m, 2] * M[k, m_dix[m, 2]]
+                s = a * ir
+                jac[k, col, 0] += rad * dx[k] * ir + s * vx
+                jac[k, col, 1] += rad * dy[k] * ir + s * vy
+                jac[k, col, 2] += rad * dz[k] * ir + s * vz
     if mode == 2:
         dT = np.zeros((nk, n_el, nm))
         dD = np.zeros((nk, n_el))
@@ -288,15 +346,16 @@ def run(
     r_int, r_flt, r_rng,
     t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc,
     k_int, k_flt, k_rng, w_int, w_flt, w_rng, m_par, m_ax, m_exp, m_dix, m_n, m_deg, m_coef,
-    n_el, W, v, g_out, out,
+    n_el, W, v, g_out, out, jac_out,
 ):  # fmt: skip
-    """Run :func:`_atom` for every atom in parallel (rows of ``out``, entries of ``g_out``)."""
+    """Run :func:`_atom` for every atom in parallel (rows of ``out``, entries of ``g_out``
+    and ``jac_out``)."""
     for i in nb.prange(pos.shape[0]):
         _atom(
             i, mode, pos, cell, elem, offsets, nbj, shift, rc_max, ctype, alpha,
             r_int, r_flt, r_rng, t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc,
             k_int, k_flt, k_rng, w_int, w_flt, w_rng, m_par, m_ax, m_exp, m_dix, m_n,
-            m_deg, m_coef, n_el, W[i], v, g_out, out[i],
+            m_deg, m_coef, n_el, W[i], v, g_out, out[i], jac_out,
         )  # fmt: skip
 
 

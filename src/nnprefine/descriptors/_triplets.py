@@ -85,9 +85,11 @@ def cutoff_row(r, m, rc, alpha, ctype, f, df):
 @nb.njit(**_OPTS)
 def triplets(
     mode, n, dx, dy, dz, rr, el, ux, uy, uz, gx, gy, gz, e, ctype, alpha,
-    t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc, n_el, w_row, out_row,
+    t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc, n_el, w_row, out_row, jac,
 ):  # fmt: skip
     """All triplet groups of central element ``e``; see the module docstring.
+
+    Mode 3 adds ∂G_col/∂d_k of every function to ``jac[k, col, :]`` (k: local neighbour).
 
     Every loop over k runs over views starting at k0 = j + 1 (index 0 … m − 1), which
     lets the compiler vectorise it.
@@ -237,7 +239,7 @@ def triplets(
                     db[k] = 0.0
             for k in range(m):
                 R[k] = aj * AK[k] * b[k]
-            if mode == 0 or mode == 1:
+            if mode != 2:
                 for cb in range(cb0, cb1):
                     Pa = P_[c_int[cb, 1], k0:]
                     acc = 0.0
@@ -261,6 +263,35 @@ def triplets(
                     Tj[k] += qb * daj * AK[k]
                     Tk[k] += qb * aj * DAK[k]
                     Tjk[k] += Q[k] * aj * AK[k] * db[k]
+            elif mode == 3:  # one function at a time: the three vectors of each triplet
+                for cb in range(cb0, cb1):
+                    col = c_int[cb, 0]
+                    wn = c_flt[cb, 0]
+                    Pa = P_[c_int[cb, 1], k0:]
+                    dPa = dP_[c_int[cb, 1], k0:]
+                    sxj = 0.0
+                    syj = 0.0
+                    szj = 0.0
+                    for k in range(m):
+                        qv = wn * Pa[k]
+                        tc = wn * dPa[k] * R[k]
+                        c = cosv[k]
+                        cj = tc * irj * IR[k]
+                        sj = (qv * b[k] * daj * AK[k] - tc * c * irj) * irj
+                        sk = (qv * b[k] * aj * DAK[k] - tc * c * IR[k]) * IR[k]
+                        sjk = qv * aj * AK[k] * db[k] * irjk[k]
+                        ex_ = xj - X[k]
+                        ey_ = yj - Y[k]
+                        ez_ = zj - Z[k]
+                        sxj += cj * X[k] + sj * xj + sjk * ex_
+                        syj += cj * Y[k] + sj * yj + sjk * ey_
+                        szj += cj * Z[k] + sj * zj + sjk * ez_
+                        jac[k0 + k, col, 0] += cj * xj + sk * X[k] - sjk * ex_
+                        jac[k0 + k, col, 1] += cj * yj + sk * Y[k] - sjk * ey_
+                        jac[k0 + k, col, 2] += cj * zj + sk * Z[k] - sjk * ez_
+                    jac[j, col, 0] += sxj
+                    jac[j, col, 1] += syj
+                    jac[j, col, 2] += szj
             elif mode == 2:
                 for k in range(m):
                     Q[k] = R[k] * dcu[k]

@@ -239,11 +239,15 @@ class Descriptor:
         n = len(atoms)
         out = np.zeros((n, self.sfset.max_functions))
         g = np.zeros((nbl.n_pairs, 3)) if mode == 1 else np.zeros((0, 3))
+        nf = self.sfset.max_functions
+        jac = np.zeros((nbl.n_pairs, nf, 3)) if mode == 3 else np.zeros((0, nf, 3))
         p = self._p
         _kernels.run(
             mode, pos, cell, elem, nbl.offsets, nbl.j, nbl.shift, p.rc_max, p.ctype, p.alpha,
-            *p.arrays, p.n_el, W, v, g, out,
+            *p.arrays, p.n_el, W, v, g, out, jac,
         )  # fmt: skip
+        if mode == 3:
+            return out, jac
         if mode == 1:
             F, virial = _kernels.reduce_pairs(pos, cell, nbl.offsets, nbl.j, nbl.shift, g)
             return out, F, virial
@@ -291,3 +295,18 @@ class Descriptor:
         n = len(atoms)
         vv = self._check("v", v, (n, 3))
         return self._run(2, atoms, neighbours, np.empty((n, 0)), vv)
+
+    def jacobian(
+        self, atoms: Atoms, neighbours: Neighbours | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """G and the per-pair Jacobian blocks, in one pass.
+
+        Returns G: (n_atoms, max_functions) float64 (as :meth:`values`) and
+        B: (n_pairs, max_functions, 3) float64, B[p] = ∂G_i/∂d_p for entry p of atom i's
+        neighbour list (d_p = r_j − r_i + S·cell, Å⁻¹ times the unit of G); entries beyond
+        the cutoff are zero. Then ∂G_i/∂r_j = Σ_{p → j} B[p], ∂G_i/∂r_i = −Σ_p B[p],
+        forces are F_i += B[p]ᵀw_i, F_j −= B[p]ᵀw_i for w = ∂E/∂G (as :meth:`forces`),
+        and J·v sums B[p]·(v_j − v_i) (as :meth:`jvp`).
+        """
+        n = len(atoms)
+        return self._run(3, atoms, neighbours, np.empty((n, 0)), np.empty((0, 3)))
