@@ -217,15 +217,17 @@ def _loss_and_grads(pot, frames):
     return torch.cat(forces).detach(), tm.flat_grad(loss, retain_graph=False)
 
 
+@pytest.mark.parametrize("layout", ["dense", "pairs"])
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 1e-5)])
 def test_cached_and_on_the_fly_paths_give_the_same_forces_and_loss_gradient(
-    sfset, frames, dtype, rtol
+    sfset, frames, dtype, rtol, layout
 ):
     pot = NNPotential(sfset, hidden=(5, 4), seed=9)
-    budget = _JacobianBudget(2**30, dtype)
+    budget = _JacobianBudget(2**30, dtype, layout)
     cached = _prepare(frames[:3], pot, 1.0, budget)
     fly = _prepare(frames[:3], pot, 1.0)
     assert budget.cached == 3 and all(f.jacobian is not None for f in cached)
+    assert all((f.jacobian.matrix is not None) == (layout == "dense") for f in cached)
     assert all(f.jacobian is None for f in fly)
     f_c, g_c = _loss_and_grads(pot, cached)
     f_f, g_f = _loss_and_grads(pot, fly)

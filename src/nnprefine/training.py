@@ -16,8 +16,10 @@ Two paths give the same numbers (to rounding):
 
 - cached (the default while the budget lasts): each frame's per-pair Jacobian blocks
   ∂G_i/∂d_p (n_functions × 3 per centre–neighbour pair, ``jacobian_dtype``) are computed
-  once by the descriptor kernel, and every step is a few sparse products in torch;
-  ``jacobian_cache_GiB`` bounds their memory (≈ 8 MiB per 96-atom frame of the paper set
+  once by the descriptor kernel; small periodic cells keep them summed over images as
+  one dense matrix (smaller there, and forces become one matrix-vector product), larger
+  frames as the sparse blocks; every step is then a few products in torch.
+  ``jacobian_cache_GiB`` bounds their memory (≈ 6 MiB per 96-atom frame of the paper set
   in float32); frames beyond it use
 - on the fly: a custom autograd function whose forward pass is the descriptor's force pass
   and whose backward pass is its Jacobian-vector product (≈ 20× slower per step).
@@ -212,46 +214,68 @@ def _labels(atoms: Atoms, k: int) -> tuple[float, np.ndarray]:
 
 @dataclass(frozen=True)
 class _PairJacobian:
-    """∂G/∂r of one frame as per-pair blocks (see ``Descriptor.jacobian``).
+    """∂G/∂r of one frame, in whichever of two layouts is smaller.
 
-    centre, neighbour: (n_pairs,) int64 atom indices i, j of each pair p;
-    blocks: (n_pairs, max_functions, 3) float32 or float64, ∂G_i/∂d_p in Å⁻¹.
-    Pairs beyond every cutoff are dropped.
+    - dense (small periodic cells, where a neighbour appears through several images):
+      ``matrix`` (n_atoms · max_functions, n_atoms · 3), ∂G_ig/∂r_kα with the images summed;
+      forces are one matrix-vector product;
+    - pairs: ``centre``, ``neighbour`` (n_pairs,) int64 and ``blocks`` (n_pairs, 3,
+      max_functions), ∂G_i/∂d_p of each neighbour entry p (d_p = r_j − r_i + S·cell);
+      entries beyond every cutoff are dropped.
+
+    In Å⁻¹ times the unit of G; dtype float32 or float64 (``jacobian_dtype``).
     """
 
-    centre: torch.Tensor
-    neighbour: torch.Tensor
-    blocks: torch.Tensor
     n_atoms: int
+    matrix: torch.Tensor | None = None
+    centre: torch.Tensor | None = None
+    neighbour: torch.Tensor | None = None
+    blocks: torch.Tensor | None = None
 
     @classmethod
     def of(
-        cls, d: Descriptor, atoms: Atoms, nb: Neighbours, dtype: str
+        cls, d: Descriptor, atoms: Atoms, nb: Neighbours, dtype: str, layout: str = "auto"
     ) -> tuple[np.ndarray, _PairJacobian]:
-        """G (n_atoms, max_functions) float64 and the cached Jacobian of ``atoms``."""
+        """G (n_atoms, max_functions) float64 and the cached Jacobian of ``atoms``.
+
+        layout: "dense", "pairs", or "auto" (the smaller: dense when n_atoms² ≤ pairs).
+        """
         values, blocks = d.jacobian(atoms, neighbours=nb)
-        centre = np.repeat(np.arange(len(atoms)), np.diff(nb.offsets))
+        n, nf = values.shape
+        centre = np.repeat(np.arange(n), np.diff(nb.offsets))
         keep = np.flatnonzero(np.abs(blocks).reshape(len(blocks), -1).max(axis=1) > 0.0)
-        jac = cls(
-            torch.from_numpy(centre[keep]),
-            torch.from_numpy(np.ascontiguousarray(nb.j[keep])),
-            torch.from_numpy(np.ascontiguousarray(blocks[keep], dtype=dtype)),
-            len(atoms),
+        centre, neighbour, blocks = centre[keep], nb.j[keep], blocks[keep]
+        if layout == "dense" or (layout == "auto" and n * n <= len(keep)):
+            dense = np.zeros((n, nf, n, 3))
+            np.add.at(dense, (centre, slice(None), neighbour), blocks)
+            np.add.at(dense, (centre, slice(None), centre), -blocks)
+            matrix = torch.from_numpy(dense.reshape(n * nf, 3 * n).astype(dtype))
+            return values, cls(n, matrix=matrix)
+        return values, cls(
+            n,
+            centre=torch.from_numpy(centre),
+            neighbour=torch.from_numpy(np.ascontiguousarray(neighbour)),
+            blocks=torch.from_numpy(np.ascontiguousarray(blocks.transpose(0, 2, 1), dtype=dtype)),
         )
-        return values, jac
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.centre, self.neighbour, self.blocks))
+        parts = (self.matrix, self.centre, self.neighbour, self.blocks)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     def forces(self, dedg: torch.Tensor) -> torch.Tensor:
         """F (n_atoms, 3) float64, eV/Å, from dedg = ∂E/∂G (n_atoms, max_functions), eV.
 
-        Per pair h_p = B_pᵀ w_i = ∂E/∂d_p; F_i += h_p, F_j −= h_p. Differentiable in dedg.
+        F_k = −Σ_ig dedg_ig ∂G_ig/∂r_k; differentiable in dedg.
         """
-        w = dedg.to(self.blocks.dtype)[self.centre]
-        h = torch.einsum("pg,pgc->pc", w, self.blocks).to(torch.float64)
-        zeros = torch.zeros((self.n_atoms, 3), dtype=torch.float64)
+        n = self.n_atoms
+        if self.matrix is not None:
+            w = dedg.to(self.matrix.dtype).reshape(1, -1)
+            return -(w @ self.matrix).reshape(n, 3).to(torch.float64)
+        # per pair h_p = B_pᵀ w_i = ∂E/∂d_p; F_i += h_p, F_j −= h_p
+        w = torch.index_select(dedg.to(self.blocks.dtype), 0, self.centre)
+        h = (self.blocks * w.unsqueeze(1)).sum(-1).to(torch.float64)
+        zeros = torch.zeros((n, 3), dtype=torch.float64)
         return zeros.index_add(0, self.centre, h).index_add(0, self.neighbour, -h)
 
 
@@ -299,13 +323,17 @@ class _JacobianBudget:
 
     bytes_left: float
     dtype: str = "float32"
+    layout: str = "auto"
     cached: int = 0
     on_the_fly: int = 0
     bytes_used: int = 0
 
     def estimate(self, nb: Neighbours, n_functions: int) -> int:
-        """Upper bound of one frame's cache (before dropping pairs beyond the cutoffs)."""
-        return nb.n_pairs * (n_functions * 3 * np.dtype(self.dtype).itemsize + 16)
+        """Upper bound of one frame's cache (see ``_PairJacobian.of`` for the layouts)."""
+        blocks = {"dense": nb.n_atoms**2, "pairs": nb.n_pairs}.get(
+            self.layout, min(nb.n_atoms**2, nb.n_pairs)
+        )
+        return blocks * (n_functions * 3 * np.dtype(self.dtype).itemsize + 16)
 
 
 def _prepare(
@@ -330,7 +358,7 @@ def _prepare(
             d._elements_of(plain)  # a clear error for an element the set does not cover
             nb0 = build_neighbours(plain, d.sfset.r_cut)
             if budget.estimate(nb0, d.n_functions_max) <= budget.bytes_left:
-                values, jac = _PairJacobian.of(d, plain, nb0, budget.dtype)
+                values, jac = _PairJacobian.of(d, plain, nb0, budget.dtype, budget.layout)
                 budget.bytes_left -= jac.nbytes
                 budget.bytes_used += jac.nbytes
                 budget.cached += 1
