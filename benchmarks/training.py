@@ -92,6 +92,9 @@ def _settings(args, **kw):
         learning_rate=args.learning_rate,
         learning_rate_decay_per_epoch=args.decay,
         learning_rate_min=1e-5,
+        learning_rate_schedule=args.schedule,
+        plateau_patience_epochs=args.plateau_patience,
+        energy_weight_late=args.energy_weight_late,
         scaling_mode="scalesigma",
         patience_epochs=args.epochs,
         kalman_force_fraction=args.force_fraction,
@@ -136,6 +139,9 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adam", choices=("adam", "kalman"))
     ap.add_argument("--learning-rate", type=float, default=5e-3, help="Adam's initial rate")
     ap.add_argument("--decay", type=float, default=0.98, help="Adam's rate factor per epoch")
+    ap.add_argument("--schedule", default="exponential", choices=("exponential", "plateau"))
+    ap.add_argument("--plateau-patience", type=int, default=5)
+    ap.add_argument("--energy-weight-late", type=float, default=None)
     ap.add_argument("--batch", type=int, default=4, help="frames per Adam step")
     ap.add_argument("--energy-weight", type=float, default=100.0, help="Adam's energy weight")
     ap.add_argument("--force-fraction", type=float, default=0.02, help="Kalman force components")
@@ -185,6 +191,9 @@ def main() -> None:
         "train_frames": len(train_set),
         "test_frames": len(test_set),
         "optimizer": args.optimizer,
+        "schedule": args.schedule if args.optimizer == "adam" else None,
+        "energy_weight": args.energy_weight if args.optimizer == "adam" else 1.0,
+        "energy_weight_late": args.energy_weight_late,
         "members": args.members,
         "epochs_per_member": [len(h.rows) for h in histories],
         "seconds_per_member_epoch_cached": round(s_cached, 2),

@@ -37,6 +37,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
         ({"reference": {"calculator": "gpaw"}}, r"reference.calculator"),
         ({"executor": {"kind": "slurm"}}, r"executor.kind = 'slurm'"),
         ({"training": {"kalman_type": "ekf"}}, r"training.kalman_type = 'ekf'"),
+        ({"training": {"jacobian_cache_GiB": -1}}, r"training.jacobian_cache_GiB = -1"),
         (
             {"production": [{"target_error": 0.01}]},
             r"production\[0\].max_trajectories_per_energy = None .* when target_error is set",

@@ -18,6 +18,7 @@ from nnprefine.training import (
     TrainingSettings,
     _DescriptorForces,
     _JacobianBudget,
+    _learning_rate,
     _prepare,
     _set_offsets,
     _test_set_selects,
@@ -314,3 +315,31 @@ def test_model_selection_needs_ten_frames_and_ten_percent():
     assert not _test_set_selects(11, 3)  # the quick job's old 3-frame test set
     assert not _test_set_selects(200, 12)  # 10 frames, but under 10 %
     assert not _test_set_selects(0, 9)
+
+
+def test_plateau_schedule_halves_the_rate_after_a_stall_and_replays_on_resume():
+    s = _quick(learning_rate_schedule="plateau", plateau_patience_epochs=2, learning_rate=1e-2)
+    losses = [1.0, 0.5, 0.6, 0.7, 0.4, 0.41, 0.42, 0.43, 0.44]
+    rows = [{"monitor_loss": x} for x in losses]
+    lrs = [_learning_rate(s, e, rows) for e in range(len(rows) + 1)]
+    # improvements at epochs 0, 1, 4; stalls of 2 after epochs 3 and 6, and again after 8
+    assert lrs == pytest.approx([1e-2] * 4 + [5e-3] * 3 + [2.5e-3] * 2 + [1.25e-3])
+    # the rate depends only on the logged losses before the epoch: a resumed run agrees
+    assert _learning_rate(s, 7, rows[:7]) == lrs[7]
+    with pytest.raises(ConfigError, match="learning_rate_schedule"):
+        _quick(learning_rate_schedule="cosine")
+
+
+def test_late_energy_weight_changes_training_only_after_its_start(sfset, frames):
+    train_set, test_set = split_frames(frames)
+    kw = dict(epochs=4, late_start_fraction=0.5)
+    a = train(NNPotential(sfset, hidden=(6,), seed=2), train_set, test_set, _quick(**kw))
+    b = train(
+        NNPotential(sfset, hidden=(6,), seed=2),
+        train_set,
+        test_set,
+        _quick(**kw, energy_weight_late=50.0),
+    )
+    la, lb = [r["test_loss"] for r in a.rows], [r["test_loss"] for r in b.rows]
+    np.testing.assert_allclose(la[:2], lb[:2], rtol=1e-12)
+    assert abs(la[3] - lb[3]) > 1e-6 * la[3]

@@ -376,6 +376,7 @@ def train_committee(
         kalman_type=t.kalman_type,
         scaling_mode=t.scaling_mode,
         warm_start=warm,
+        jacobian_cache_GiB=t.jacobian_cache_GiB,
     )
     project.say(
         f"training committee '{name}': {len(train_frames)} train / {len(test_frames)} test frames"

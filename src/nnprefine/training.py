@@ -82,6 +82,14 @@ class TrainingSettings:
     learning_rate: float = 2e-3
     learning_rate_decay_per_epoch: float = 0.95
     learning_rate_min: float = 1e-5
+    #: "exponential" (× learning_rate_decay_per_epoch every epoch) or "plateau" (× plateau_factor
+    #: when the monitored loss has not improved for plateau_patience_epochs; MACE's schedule)
+    learning_rate_schedule: str = "exponential"
+    plateau_factor: float = 0.5
+    plateau_patience_epochs: int = 5
+    #: Adam: energy weight from epoch ⌈late_start_fraction · epochs⌉ on (None: energy_weight)
+    energy_weight_late: float | None = None
+    late_start_fraction: float = 0.75
     # Kalman filter (n2p2 names: kalman_type, kalman_epsilon, kalman_q0, kalman_qtau,
     # kalman_qmin, kalman_eta, kalman_etatau, kalman_etamax, kalman_lambda_short,
     # kalman_nue_short, short_force_fraction); "standard" or "fading" (nnprefine._kalman)
@@ -127,6 +135,15 @@ class TrainingSettings:
             raise ConfigError(
                 f"jacobian_cache_GiB must be ≥ 0 (0: no cache), got {self.jacobian_cache_GiB}"
             )
+        if self.learning_rate_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"learning_rate_schedule must be one of {LR_SCHEDULES}, "
+                f"got {self.learning_rate_schedule!r}"
+            )
+        if not 0.0 < self.plateau_factor < 1.0 or self.plateau_patience_epochs < 1:
+            raise ConfigError("plateau_factor must lie in (0, 1) and plateau_patience_epochs ≥ 1")
+        if self.energy_weight_late is not None and self.energy_weight_late < 0:
+            raise ConfigError(f"energy_weight_late must be ≥ 0, got {self.energy_weight_late}")
         if self.jacobian_dtype not in JACOBIAN_DTYPES:
             raise ConfigError(
                 f"jacobian_dtype must be one of {JACOBIAN_DTYPES}, got {self.jacobian_dtype!r}"
@@ -141,6 +158,7 @@ class TrainingSettings:
 
 
 JACOBIAN_DTYPES = ("float32", "float64")
+LR_SCHEDULES = ("exponential", "plateau")
 #: a smaller test set is too noisy to pick weights or stop on
 MIN_TEST_FRAMES = 10
 MIN_TEST_FRACTION = 0.1
@@ -577,10 +595,14 @@ def _epoch_adam(
     rng: np.random.Generator,
     epoch: int,
     advance: Any,
+    lr: float,
 ) -> tuple[float, float]:
-    lr = max(s.learning_rate * s.learning_rate_decay_per_epoch**epoch, s.learning_rate_min)
+    """One Adam epoch at learning rate ``lr``; train RMSEs (meV/atom, meV/Å) seen on the way."""
     for group in opt.param_groups:
         group["lr"] = lr
+    energy_weight = s.energy_weight
+    if s.energy_weight_late is not None and epoch >= math.ceil(s.late_start_fraction * s.epochs):
+        energy_weight = s.energy_weight_late
     with_forces = s.force_weight > 0
     se = sf = 0.0
     n_comp = 0
@@ -591,7 +613,7 @@ def _epoch_adam(
         n = torch.tensor([f.n_atoms for f in batch], dtype=torch.float64)
         e_ref = torch.tensor([f.energy_eV for f in batch], dtype=torch.float64)
         de = (energies - e_ref) / n
-        loss = s.energy_weight * (de**2).mean()
+        loss = energy_weight * (de**2).mean()
         se += float((de.detach() ** 2).sum())
         if with_forces:
             df = torch.cat(forces) - torch.from_numpy(
@@ -605,6 +627,23 @@ def _epoch_adam(
         opt.step()
         advance(len(batch))
     return 1e3 * math.sqrt(se / len(frames)), (1e3 * math.sqrt(sf / n_comp) if n_comp else math.nan)
+
+
+def _learning_rate(s: TrainingSettings, epoch: int, rows: list[dict[str, float]]) -> float:
+    """Adam's learning rate in ``epoch``; "plateau" replays the logged monitored losses, so a
+    resumed run continues the same schedule."""
+    if s.learning_rate_schedule == "exponential":
+        lr = s.learning_rate * s.learning_rate_decay_per_epoch**epoch
+    else:
+        lr, best, since = s.learning_rate, math.inf, 0
+        for row in rows[:epoch]:
+            if row["monitor_loss"] < best * (1.0 - 1e-4):
+                best, since = row["monitor_loss"], 0
+            else:
+                since += 1
+                if since >= s.plateau_patience_epochs:
+                    lr, since = lr * s.plateau_factor, 0
+    return max(lr, s.learning_rate_min)
 
 
 def _epoch_kalman(
@@ -773,7 +812,8 @@ def _train_member(
 
         try:
             if s.optimizer == "adam":
-                tr_e, tr_f = _epoch_adam(tm, train_set, s, opt, rng, epoch, advance)
+                lr = _learning_rate(s, epoch, history.rows)
+                tr_e, tr_f = _epoch_adam(tm, train_set, s, opt, rng, epoch, advance, lr)
             else:
                 tr_e, tr_f = _epoch_kalman(tm, train_set, s, opt, rng, epoch, advance)
         except ModelError as exc:  # NaN weights surface as NaN inputs to the descriptor
@@ -792,11 +832,16 @@ def _train_member(
         row = {
             "epoch": epoch,
             "seconds": round(seconds, 3),
+            "learning_rate": (
+                _learning_rate(s, epoch, history.rows) if s.optimizer == "adam" else math.nan
+            ),
             "train_rmse_energy_meV_per_atom": tr_e,
             "train_rmse_force_meV_per_A": tr_f,
             "test_rmse_energy_meV_per_atom": te_e,
             "test_rmse_force_meV_per_A": te_f,
             "test_loss": test_loss,
+            # what the plateau schedule watches: the test loss if it may select, else train
+            "monitor_loss": test_loss if select else _loss_of(s, tr_e, tr_f),
         }
         history.rows.append(row)
         if not select or test_loss < history.best_test_loss:
