@@ -312,8 +312,9 @@ def test_one_kalman_update_reduces_the_error_of_the_component_it_used(sfset, fra
 
 def test_model_selection_needs_ten_frames_and_ten_percent():
     assert _test_set_selects(90, 10) and _test_set_selects(200, 30)
+    assert _test_set_selects(271, 29)  # a 10 % hash split of 300 frames
     assert not _test_set_selects(11, 3)  # the quick job's old 3-frame test set
-    assert not _test_set_selects(200, 12)  # 10 frames, but under 10 %
+    assert not _test_set_selects(200, 12)  # 10 frames, but 6 %
     assert not _test_set_selects(0, 9)
 
 
