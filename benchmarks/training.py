@@ -145,6 +145,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="frames per Adam step")
     ap.add_argument("--energy-weight", type=float, default=100.0, help="Adam's energy weight")
     ap.add_argument("--force-fraction", type=float, default=0.02, help="Kalman force components")
+    ap.add_argument(
+        "--zbl", type=float, nargs=2, default=None, metavar=("INNER_A", "OUTER_A"),
+        help="a ZBL baseline switched off between these radii (the quick preset: 1 2)",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default="training-frames.extxyz", help="labelled frames (resumes)")
     ap.add_argument("--figure", default="docs/figures/training_curve.png")
@@ -152,7 +156,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from nnprefine.descriptors import paper_set
-    from nnprefine.model import Committee, NNPotential
+    from nnprefine.model import Committee, NNPotential, ZBLBaseline
     from nnprefine.training import rmse, split_frames, train
 
     t0 = time.perf_counter()
@@ -160,15 +164,21 @@ def main() -> None:
     print(f"{len(frames)} frames ready in {time.perf_counter() - t0:.0f} s", flush=True)
     train_set, test_set = split_frames(frames)
     sfset = paper_set("Be", r_cut_A=7.0)
+    base = {} if args.zbl is None else {"baseline": ZBLBaseline(*args.zbl)}
 
     # one member-epoch on the fly (no cache), for the ratio measured in this run
-    fly = NNPotential(sfset, hidden=(30, 30), activation="softplus", seed=args.seed)
+    fly = NNPotential(sfset, hidden=(30, 30), activation="softplus", seed=args.seed, **base)
     h_fly = train(fly, train_set, test_set, _settings(args, epochs=1, jacobian_cache_GiB=0.0))
     s_fly = h_fly.rows[0]["seconds"]
     print(f"on the fly: {s_fly:.1f} s per member-epoch", flush=True)
 
     com = Committee.create(
-        sfset, n_members=args.members, hidden=(30, 30), activation="softplus", seed=args.seed
+        sfset,
+        n_members=args.members,
+        hidden=(30, 30),
+        activation="softplus",
+        seed=args.seed,
+        **base,
     )
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="nnprefine-bench-train-")
     t0 = time.perf_counter()
@@ -195,6 +205,7 @@ def main() -> None:
         "energy_weight": args.energy_weight if args.optimizer == "adam" else 1.0,
         "energy_weight_late": args.energy_weight_late,
         "members": args.members,
+        "zbl_baseline_A": args.zbl,
         "epochs_per_member": [len(h.rows) for h in histories],
         "seconds_per_member_epoch_cached": round(s_cached, 2),
         "seconds_per_member_epoch_on_the_fly": round(s_fly, 2),

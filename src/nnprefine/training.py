@@ -28,8 +28,12 @@ Symmetry functions G are cached per frame; neighbour lists of on-the-fly frames 
 cached when they are small (``neighbour_cache_mib_per_frame``), else rebuilt per step.
 
 Model selection: best-on-test weights and early stopping need a test set of at least
-``MIN_TEST_FRAMES`` frames and a 10 % split (``MIN_TEST_FRACTION`` of the data realised); with fewer, training keeps the last
-weights, runs every epoch, and says so.
+``MIN_TEST_FRAMES`` frames and a 10 % split (at least ``MIN_TEST_FRACTION`` of the data
+realised); with fewer, training keeps the last weights, runs every epoch, and says so.
+
+Adam's learning rate decays by a factor per epoch (``"exponential"``) or halves when the
+monitored loss stalls (``"plateau"``, MACE's choice); ``energy_weight_late`` raises the
+energy weight for the last part of training, as MACE and DeePMD users do.
 
 Checkpoints and resume: with ``log_dir``, each member writes ``member_XXX/log.csv``
 (one row per epoch), ``member_XXX/best`` (best test loss so far, a model directory) and
@@ -54,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 from ase import Atoms
 
@@ -266,9 +271,13 @@ class _PairJacobian:
         keep = np.flatnonzero(np.abs(blocks).reshape(len(blocks), -1).max(axis=1) > 0.0)
         centre, neighbour, blocks = centre[keep], nb.j[keep], blocks[keep]
         if layout == "dense" or (layout == "auto" and n * n <= len(keep)):
-            dense = np.zeros((n, nf, n, 3))
-            np.add.at(dense, (centre, slice(None), neighbour), blocks)
-            np.add.at(dense, (centre, slice(None), centre), -blocks)
+            # ∂G_i/∂r_j = Σ_{p: i→j} B_p, ∂G_i/∂r_i = −Σ_p B_p: one sparse one-hot product
+            p = len(keep)
+            rows = np.concatenate([centre * n + neighbour, centre * n + centre])
+            onehot = scipy.sparse.csr_matrix(
+                (np.repeat([1.0, -1.0], p), (rows, np.tile(np.arange(p), 2))), shape=(n * n, p)
+            )
+            dense = (onehot @ blocks.reshape(p, -1)).reshape(n, n, nf, 3).transpose(0, 2, 1, 3)
             matrix = torch.from_numpy(dense.reshape(n * nf, 3 * n).astype(dtype))
             return values, cls(n, matrix=matrix)
         return values, cls(
