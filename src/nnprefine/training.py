@@ -384,7 +384,6 @@ def _prepare(
             e_b, f_b = pot.baseline.energy_forces(plain)
             energy, forces = energy - e_b, forces - f_b
         if budget is not None:
-            d._elements_of(plain)  # a clear error for an element the set does not cover
             nb0 = build_neighbours(plain, d.sfset.r_cut)
             if budget.estimate(nb0, d.n_functions_max) <= budget.bytes_left:
                 values, jac = _PairJacobian.of(d, plain, nb0, budget.dtype, budget.layout)

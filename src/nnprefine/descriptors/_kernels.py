@@ -134,6 +134,44 @@ def _atom(
             jac_out[pid[k]] = jac[k]
 
 
+@nb.njit(inline="always", **_OPTS)
+def _add_weights(K, KD, T, e1, e2, zeta, lam, wf, m_deg, m_coef):
+    """Add w_f·∂G_f/∂T (one function f, weight ``wf``) to K (n_el, nm) and KD (n_el,)."""
+    binom = 1.0
+    lamn = 1.0
+    for deg in range(zeta + 1):
+        b = wf * binom * lamn
+        for m in range(m_deg[deg], m_deg[deg + 1]):
+            cm = b * m_coef[m]
+            if e1 == e2:
+                K[e1, m] += cm * T[e1, m]
+            else:
+                K[e1, m] += cm * T[e2, m]
+                K[e2, m] += cm * T[e1, m]
+        if e1 == e2:
+            KD[e1] -= 0.5 * b
+        binom = binom * (zeta - deg) / (deg + 1)
+        lamn *= lam
+
+
+@nb.njit(inline="always", **_OPTS)
+def _pair_gradient(K, KD, ek, a, da, ir, Mk, nmk, m_n, m_exp, m_dix):
+    """(radial, vx, vy, vz): ∂/∂d_k of Σ_m K_m T_m + KD·D for neighbour k; the gradient is
+    radial·r̂_k + (a/r)·v."""
+    rad = 2.0 * KD[ek] * a * da
+    vx = 0.0
+    vy = 0.0
+    vz = 0.0
+    for m in range(1, nmk):
+        km = K[ek, m]
+        rad += km * Mk[m] * (da - m_n[m] * a * ir)
+        vx += km * m_exp[m, 0] * Mk[m_dix[m, 0]]
+        vy += km * m_exp[m, 1] * Mk[m_dix[m, 1]]
+        vz += km * m_exp[m, 2] * Mk[m_dix[m, 2]]
+    rad += K[ek, 0] * da
+    return rad, vx, vy, vz
+
+
 @nb.njit(**_OPTS)
 def _tensor(
     mode, n, dx, dy, dz, rr, el, ux, uy, uz, gx, gy, gz, e, ctype, alpha,
@@ -205,22 +243,7 @@ def _tensor(
             if wf == 0.0:
                 continue
             any_w = True
-            lam = w_flt[f, 0]
-            binom = 1.0
-            lamn = 1.0
-            for deg in range(zeta + 1):
-                b = wf * binom * lamn
-                for m in range(m_deg[deg], m_deg[deg + 1]):
-                    cm = b * m_coef[m]
-                    if e1 == e2:
-                        K[kk, e1, m] += cm * T[kk, e1, m]
-                    else:
-                        K[kk, e1, m] += cm * T[kk, e2, m]
-                        K[kk, e2, m] += cm * T[kk, e1, m]
-                if e1 == e2:
-                    KD[kk, e1] -= 0.5 * b
-                binom = binom * (zeta - deg) / (deg + 1)
-                lamn *= lam
+            _add_weights(K[kk], KD[kk], T[kk], e1, e2, zeta, w_flt[f, 0], wf, m_deg, m_coef)
         if not any_w:
             return
         for k in range(n):
@@ -235,17 +258,9 @@ def _tensor(
                     continue
                 da = dA[kk, k]
                 nmk = m_deg[k_int[k0 + kk, 1] + 1]
-                rad = 2.0 * KD[kk, ek] * a * da
-                vx = 0.0
-                vy = 0.0
-                vz = 0.0
-                for m in range(1, nmk):
-                    km = K[kk, ek, m]
-                    rad += km * M[k, m] * (da - m_n[m] * a * ir)
-                    vx += km * m_exp[m, 0] * M[k, m_dix[m, 0]]
-                    vy += km * m_exp[m, 1] * M[k, m_dix[m, 1]]
-                    vz += km * m_exp[m, 2] * M[k, m_dix[m, 2]]
-                rad += K[kk, ek, 0] * da
+                rad, vx, vy, vz = _pair_gradient(
+                    K[kk], KD[kk], ek, a, da, ir, M[k], nmk, m_n, m_exp, m_dix
+                )
                 s = a * ir
                 gx[k] += rad * hx + s * vx
                 gy[k] += rad * hy + s * vy
@@ -260,21 +275,7 @@ def _tensor(
             nmk = m_deg[k_int[k0 + kk, 1] + 1]
             K[:, :] = 0.0
             KD[:] = 0.0
-            binom = 1.0
-            lamn = 1.0
-            for deg in range(zeta + 1):
-                b = wf * binom * lamn
-                for m in range(m_deg[deg], m_deg[deg + 1]):
-                    cm = b * m_coef[m]
-                    if e1 == e2:
-                        K[e1, m] += cm * T[kk, e1, m]
-                    else:
-                        K[e1, m] += cm * T[kk, e2, m]
-                        K[e2, m] += cm * T[kk, e1, m]
-                if e1 == e2:
-                    KD[e1] -= 0.5 * b
-                binom = binom * (zeta - deg) / (deg + 1)
-                lamn *= lam
+            _add_weights(K, KD, T[kk], e1, e2, zeta, lam, wf, m_deg, m_coef)
             for k in range(n):
                 ek = el[k]
                 if ek != e1 and ek != e2:
@@ -284,16 +285,7 @@ def _tensor(
                     continue
                 da = dA[kk, k]
                 ir = 1.0 / rr[k]
-                rad = 2.0 * KD[ek] * a * da + K[ek, 0] * da
-                vx = 0.0
-                vy = 0.0
-                vz = 0.0
-                for m in range(1, nmk):
-                    km = K[ek, m]
-                    rad += km * M[k, m] * (da - m_n[m] * a * ir)
-                    vx += km * m_exp[m, 0] * M[k, m_dix[m, 0]]
-                    vy += km * m_exp[m, 1] * M[k, m_dix[m, 1]]
-                    vz += km * m_exp[m, 2] * M[k, m_dix[m, 2]]
+                rad, vx, vy, vz = _pair_gradient(K, KD, ek, a, da, ir, M[k], nmk, m_n, m_exp, m_dix)
                 s = a * ir
                 jac[k, col, 0] += rad * dx[k] * ir + s * vx
                 jac[k, col, 1] += rad * dy[k] * ir + s * vy

@@ -82,6 +82,21 @@ def cutoff_row(r, m, rc, alpha, ctype, f, df):
                 df[k] = 0.0
 
 
+@nb.njit(inline="always", **_OPTS)
+def _triplet_scalars(tc, tj, tk, tjk, c, irj, irk, irjk):
+    """Coefficients (cj, sj, sk, sjk) of one triplet's gradient from the sums of ∂/∂cos θ
+    (tc), ∂/∂r_ij (tj), ∂/∂r_ik (tk), ∂/∂r_jk (tjk):
+
+        ∂/∂d_j = cj d_k + sj d_j + sjk (d_j − d_k),  ∂/∂d_k = cj d_j + sk d_k − sjk (d_j − d_k)
+
+    using ∂c/∂d_j = d_k/(r_j r_k) − c d_j/r_j² and likewise for d_k.
+    """
+    cj = tc * irj * irk
+    sj = (tj - tc * c * irj) * irj
+    sk = (tk - tc * c * irk) * irk
+    return cj, sj, sk, tjk * irjk
+
+
 @nb.njit(**_OPTS)
 def triplets(
     mode, n, dx, dy, dz, rr, el, ux, uy, uz, gx, gy, gz, e, ctype, alpha,
@@ -274,12 +289,10 @@ def triplets(
                     szj = 0.0
                     for k in range(m):
                         qv = wn * Pa[k]
-                        tc = wn * dPa[k] * R[k]
-                        c = cosv[k]
-                        cj = tc * irj * IR[k]
-                        sj = (qv * b[k] * daj * AK[k] - tc * c * irj) * irj
-                        sk = (qv * b[k] * aj * DAK[k] - tc * c * IR[k]) * IR[k]
-                        sjk = qv * aj * AK[k] * db[k] * irjk[k]
+                        cj, sj, sk, sjk = _triplet_scalars(
+                            wn * dPa[k] * R[k], qv * b[k] * daj * AK[k], qv * b[k] * aj * DAK[k],
+                            qv * aj * AK[k] * db[k], cosv[k], irj, IR[k], irjk[k],
+                        )  # fmt: skip
                         ex_ = xj - X[k]
                         ey_ = yj - Y[k]
                         ez_ = zj - Z[k]
@@ -311,13 +324,9 @@ def triplets(
             syj = 0.0
             szj = 0.0
             for k in range(m):
-                c = cosv[k]
-                tc = Tc[k]
-                # ∂c/∂d_j = d_k/(r_j r_k) − c d_j/r_j²; ∂c/∂d_k likewise
-                cj = tc * irj * IR[k]
-                sj = (Tj[k] - tc * c * irj) * irj
-                sk = (Tk[k] - tc * c * IR[k]) * IR[k]
-                sjk = Tjk[k] * irjk[k]
+                cj, sj, sk, sjk = _triplet_scalars(
+                    Tc[k], Tj[k], Tk[k], Tjk[k], cosv[k], irj, IR[k], irjk[k]
+                )
                 ex_ = xj - X[k]
                 ey_ = yj - Y[k]
                 ez_ = zj - Z[k]
