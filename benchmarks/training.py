@@ -10,7 +10,8 @@ Trains the paper's 53-30-30-1 softplus networks (53 symmetry functions, rc 7 Å)
 Jacobian cache, and measures one member-epoch on the fly (no cache) in the same run for
 the ratio. Prints the learning curve to ``--figure`` and, last, one JSON object.
 
-    OMP_NUM_THREADS=1 python benchmarks/training.py --frames 300 --epochs 200 [--optimizer adam]
+    OMP_NUM_THREADS=1 python benchmarks/training.py --frames 300 --epochs 20 --zbl 1 2
+    OMP_NUM_THREADS=1 python benchmarks/training.py --optimizer adam --epochs 200
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--members", type=int, default=2)
-    ap.add_argument("--optimizer", default="adam", choices=("adam", "kalman"))
+    ap.add_argument("--optimizer", default="kalman", choices=("adam", "kalman"))
     ap.add_argument("--learning-rate", type=float, default=5e-3, help="Adam's initial rate")
     ap.add_argument("--decay", type=float, default=0.98, help="Adam's rate factor per epoch")
     ap.add_argument("--schedule", default="exponential", choices=("exponential", "plateau"))

@@ -59,6 +59,7 @@ def test_each_error_names_the_key(data, message):
 def test_defaults_follow_the_paper():
     config = config_from_dict({})
     assert config.network.hidden == (30, 30) and config.network.activation == "softplus"
+    assert config.training.optimizer == "kalman"  # the paper's n2p2 filter
     assert config.descriptor.r_cut_A == 7.0
     assert config.refine.thresholds_for(0).energy_meV_per_atom == 20.0
     assert config.refine.thresholds_for(1).force_eV_per_A == 0.8

@@ -55,6 +55,7 @@ def frames():
 
 def _quick(**kw) -> TrainingSettings:
     base = dict(
+        optimizer="adam",
         epochs=12,
         batch_size_frames=2,
         learning_rate=1e-2,

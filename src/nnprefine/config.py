@@ -240,7 +240,9 @@ class NetworkConfig:
 class TrainingConfig:
     """Energy + force training of every committee member."""
 
-    optimizer: str = "adam"  # "adam" or "kalman"
+    #: "kalman" (n2p2's filter, the paper's) or "adam"; Kalman is the default because it
+    #: reached half Adam's force error in similar wall time (docs/benchmarks.md, Training)
+    optimizer: str = "kalman"
     epochs: int = 60
     batch_size: int = 8
     learning_rate: float = 2e-3

@@ -75,7 +75,8 @@ __all__ = ["TrainingHistory", "TrainingSettings", "rmse", "split_frames", "train
 class TrainingSettings:
     """Settings of :func:`train`. Units in names; weights multiply eV² terms."""
 
-    optimizer: str = "adam"
+    #: "kalman" or "adam" (docs/benchmarks.md: Kalman reached half Adam's force error)
+    optimizer: str = "kalman"
     epochs: int = 60
     energy_weight: float = 1.0
     force_weight: float = 1.0
