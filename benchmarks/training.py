@@ -185,9 +185,7 @@ def main() -> None:
     t0 = time.perf_counter()
     histories = train(com, train_set, test_set, _settings(args, quiet=False), log_dir=log_dir)
     t_train = time.perf_counter() - t0
-    cache_note = (Path(log_dir) / "training.log").read_text().splitlines()[0]
-    cached_mib = float(cache_note.split("(")[1].split(" MiB")[0])
-    n_cached = int(cache_note.split("cache: ")[1].split(" frames")[0])
+    cache = com[0].metadata["training"]["jacobian_cache"]
     rows = [r for h in histories for r in h.rows]
     s_cached = float(np.mean([r["seconds"] for r in rows]))
     res, res_train = rmse(com, test_set), rmse(com, train_set)
@@ -219,7 +217,7 @@ def main() -> None:
         "train_rmse_force_mev_per_A": round(float(np.mean(res_train["force_meV_per_A"])), 2),
         "test_rmse_per_member": [res["energy_meV_per_atom"], res["force_meV_per_A"]],
         "training_wall_s": round(t_train, 1),
-        "cache_mib_per_frame": round(cached_mib / max(1, n_cached), 2),
+        "cache_mib_per_frame": round(cache["bytes"] / 2**20 / max(1, cache["frames"]), 2),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
         "figure": args.figure,
     }

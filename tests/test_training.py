@@ -247,6 +247,9 @@ def test_the_jacobian_budget_is_respected_and_training_continues_on_the_fly(
     prepared = _prepare(frames[:5], pot, 1.0, budget)
     assert [f.jacobian is not None for f in prepared] == [True, True, False, False, False]
     assert budget.bytes_used <= 2.5 * one and (budget.cached, budget.on_the_fly) == (2, 3)
+    trained = NNPotential(sfset, hidden=(6,), seed=2)
+    train(trained, frames[:11], frames[11:], _quick(epochs=1))
+    assert trained.metadata["training"]["jacobian_cache"]["frames"] == 14
     # a budget too small for any frame: training says so and gives the cached run's numbers
     train_set, test_set = split_frames(frames)
     small = _quick(epochs=3, jacobian_cache_GiB=1e-9, jacobian_dtype="float64")

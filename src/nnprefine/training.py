@@ -978,4 +978,7 @@ def train(
     finally:
         if progress is not None:
             progress.stop()
+    cache = {"frames": budget.cached, "on_the_fly": budget.on_the_fly, "bytes": budget.bytes_used}
+    for pot in members:
+        pot.metadata["training"]["jacobian_cache"] = cache
     return histories if isinstance(model, Committee) else histories[0]
