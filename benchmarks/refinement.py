@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from nnprefine.config import load_config
-from nnprefine.project import Project
-from nnprefine.refine import initial_data, refine
+from nnprefine.stages import Project, initial_data, refine
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -54,13 +54,15 @@ def make_frames(n_frames: int, seed: int, path: Path, snapshots_per_run: int = 6
     """``n_frames`` labelled frames (≈ 90 % impact snapshots, 10 % thermal), resumable."""
     from ase.io import read, write
 
-    from nnprefine.refine import reference_trajectory_frames
+    from nnprefine.config import InitialDataConfig
+    from nnprefine.trajectories import reference_trajectory_frames
 
     frames = read(path, ":") if path.exists() and path.stat().st_size else []
     if len(frames) >= n_frames:
         return frames[:n_frames]
     slab = _slab(seed)
     spec = {"calculator": "builtin-snap"}
+    settings = InitialDataConfig().impact  # the initial-data protocol: 0.5 fs, its sanity bounds
     n_thermal = n_frames // 10
     run = len(frames) // snapshots_per_run
     while len(frames) < n_frames:
@@ -68,7 +70,7 @@ def make_frames(n_frames: int, seed: int, path: Path, snapshots_per_run: int = 6
         energy = 0.0 if thermal else ENERGIES_EV[run % len(ENERGIES_EV)]
         duration = 150.0 if energy <= 50.0 else 50.0
         new = reference_trajectory_frames(
-            slab, spec, energy, duration, 0.5, snapshots_per_run, seed * 100_003 + run, 7.0
+            slab, spec, energy, duration, settings, snapshots_per_run, seed * 100_003 + run
         )
         new = new[: n_frames - len(frames)]
         for f in new:

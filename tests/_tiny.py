@@ -99,8 +99,8 @@ def tiny_config_text(output_dir: Path, reference: str = "", **sections: str) -> 
         "descriptor": 'preset = "generated"\nr_cut_A = 4.0\nn_radial = 4\nn_narrow = 2\nn_wide = 2',
         "network": 'hidden = [6]\nactivation = "softplus"\ncommittee_size = 2',
         "training": (
-            'optimizer = "adam"\nepochs = 4\nbatch_size = 4\nlearning_rate = 1e-2\n'
-            "early_stopping_patience = 4"
+            'optimizer = "adam"\nepochs = 4\nbatch_size_frames = 4\nlearning_rate = 1e-2\n'
+            "patience_epochs = 4"
         ),
         "initial_data": (
             'slab = { surface = "0001", size = [3, 3, 3], vacuum_A = 5.0 }\n'

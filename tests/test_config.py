@@ -23,7 +23,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
         ({"training": {"epochs": 1.5}}, r"training.epochs must be an integer"),
         ({"training": {"epochs": "10"}}, r"training.epochs must be an integer"),
         ({"training": {"force_weight": True}}, r"training.force_weight must be a number"),
-        ({"training": {"epochs": -1}}, r"training.epochs = -1 is not allowed: 1 or more"),
+        (
+            {"training": {"epochs": -1}},
+            r"training.epochs = -1 is not allowed: epochs must be at least 1",
+        ),
         ({"initial_data": {"runs_per_energy": -3}}, r"initial_data.runs_per_energy = -3"),
         (
             {"refine": {"thresholds": [{"force_eV_per_A": -1.0}]}},
@@ -59,13 +62,13 @@ def test_each_error_names_the_key(data, message):
 def test_defaults_follow_the_paper():
     config = config_from_dict({})
     assert config.network.hidden == (30, 30) and config.network.activation == "softplus"
-    assert config.training.optimizer == "kalman"  # the paper's n2p2 filter
+    assert config.training.settings.optimizer == "kalman"  # the paper's n2p2 filter
     assert config.descriptor.r_cut_A == 7.0
     assert config.refine.thresholds_for(0).energy_meV_per_atom == 20.0
     assert config.refine.thresholds_for(1).force_eV_per_A == 0.8
     assert config.refine.thresholds_for(7).force_eV_per_A == 0.8
     assert config.production[0].slab.size == (7, 7, 10)
-    assert config.production[0].timestep_fs == 0.2
+    assert config.production[0].impact.timestep_fs == 0.2
 
 
 def test_relative_output_dir_resolves_against_config_folder(tmp_path):
@@ -87,3 +90,94 @@ def test_missing_file_and_bad_toml(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.toml")))
 def test_shipped_examples_load(name):
     load_config(EXAMPLES / name)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # training: TrainingSettings' own checks, under its own field names
+        ({"training": {"kalman_force_fraction": 2.0}}, r"training.kalman_force_fraction = 2.0"),
+        ({"training": {"learning_rate_schedule": "cosine"}}, r"training.learning_rate_schedule"),
+        ({"training": {"scaling_mode": "minmax"}}, r"training.scaling_mode = 'minmax'"),
+        # production impacts: ImpactSettings
+        ({"production": [{"early_stop": "maybe"}]}, r"production\[0\].early_stop = 'maybe'"),
+        ({"production": [{"min_distance_A": 0.0}]}, r"production\[0\].min_distance_A = 0.0"),
+        # exploration impacts: ImpactSettings under the exploration_ prefix
+        ({"refine": {"exploration_timestep_fs": -0.5}}, r"refine.exploration_timestep_fs = -0.5"),
+        # reference-driven impacts of the initial data: ImpactSettings
+        ({"initial_data": {"max_energy_drift_eV": 0.0}}, r"initial_data.max_energy_drift_eV = 0.0"),
+        # selection: SelectionSettings, named by the TOML keys
+        (
+            {"refine": {"thresholds": [{"energy_meV_per_atom": 20.0, "force_eV_per_A": -1.0}]}},
+            r"refine.thresholds\[0\].force_eV_per_A",
+        ),
+        ({"refine": {"max_selected_per_iteration": -1}}, r"refine.max_selected_per_iteration"),
+        # descriptor: the symmetry-function set is built at load
+        ({"descriptor": {"preset": "generated", "n_radial": -1}}, r"descriptor.n_radial = -1"),
+        # network: only activations the model has
+        ({"network": {"activation": "silu"}}, r"network.activation = 'silu'"),
+    ],
+)
+def test_a_value_the_domain_rejects_fails_at_load_naming_its_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("key", "new"),
+    [
+        ("batch_size", "batch_size_frames"),
+        ("force_fraction", "kalman_force_fraction"),
+        ("early_stopping_patience", "patience_epochs"),
+    ],
+)
+def test_renamed_training_keys_say_their_new_name(key, new):
+    with pytest.raises(ConfigError, match=f"training.{key}' was renamed .* {new}"):
+        config_from_dict({"training": {key: 4}})
+
+
+def test_domain_settings_are_built_at_load_with_the_toml_values():
+    config = config_from_dict(
+        {
+            "structures": {"temperature_K": 450.0},
+            "training": {
+                "batch_size_frames": 3,
+                "kalman_force_fraction": 0.1,
+                "test_fraction": 0.2,
+            },
+            "refine": {"exploration_duration_fs": 12.0, "upper_trust_force_eV_per_A": 7.0},
+            "production": [{"adaptive": {}, "early_stop": "shadow", "heat_sink": "langevin"}],
+        }
+    )
+    from nnprefine.impact import ImpactSettings
+    from nnprefine.md import AdaptiveTimestep
+    from nnprefine.training import TrainingSettings
+
+    t = config.training.settings
+    assert isinstance(t, TrainingSettings)
+    assert (t.batch_size_frames, t.kalman_force_fraction) == (3, 0.1)
+    assert config.training.test_fraction == 0.2
+    impact = config.production[0].impact
+    assert isinstance(impact, ImpactSettings) and isinstance(impact.adaptive, AdaptiveTimestep)
+    assert impact.heat_sink_temperature_K == 450.0  # structures.temperature_K, copied at load
+    assert config.refine.exploration.duration_fs == 12.0
+    assert config.refine.exploration.max_extensions == 0
+    assert config.refine.selection(0).upper_trust_force_eV_per_A == 7.0
+    assert config.refine.selection(0).energy_threshold_eV_per_atom == pytest.approx(0.020)
+
+
+def test_recorded_config_loads_back_to_the_same_config():
+    from nnprefine.config import config_to_dict
+
+    config = load_config(EXAMPLES / "be0001-quick.toml")
+    data = config_to_dict(config)
+    assert "batch_size_frames" in data["training"] and "settings" not in data["training"]
+    again = config_from_dict(data, base_dir=config.base_dir)
+    assert config_to_dict(again) == data
+
+
+def test_slab_labels_name_the_project_element():
+    config = config_from_dict({"project": {"element": "W"}})
+    assert config.initial_data.slab.label.startswith("W(0001)")
+    with pytest.raises(ConfigError, match="unknown key 'initial_data.slab.element'"):
+        config_from_dict({"initial_data": {"slab": {"element": "W"}}})

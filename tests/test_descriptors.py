@@ -9,6 +9,7 @@ identical results on 1 and 2 threads.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numba
@@ -18,9 +19,9 @@ from ase.build import bulk, hcp0001
 
 from nnprefine.descriptors import (
     Descriptor,
+    InputScaling,
     NarrowAngularG3,
     RadialG2,
-    ScalingStats,
     SymmetryFunctionSet,
     WideAngularG9,
     build_neighbours,
@@ -490,26 +491,91 @@ def test_set_accessors_and_generators():
 # ----------------------------------------------------------------------------- scaling
 
 
+def _scaled(sc, el, G):
+    a, c = sc.affine(el, G.shape[1])
+    return G * a + c
+
+
 def test_scaling_statistics_and_modes():
     rng = np.random.default_rng(4)
     G = rng.normal(2.0, 3.0, size=(50, 5))
     G[:, 4] = 1.5  # a constant function
-    st = ScalingStats.from_values({"Be": G})
-    np.testing.assert_allclose(st.stats["Be"][0], G.min(0))
-    np.testing.assert_allclose(st.stats["Be"][3], G.std(0))
-    x = st.scale("Be", G, "scale", s_min=-1.0, s_max=1.0)
+    sc = InputScaling.from_values({"Be": G}, mode="scale", s_min=-1.0, s_max=1.0)
+    g_min, g_max, g_mean, g_sigma = sc.stats["Be"]
+    np.testing.assert_allclose(g_min, G.min(0))
+    np.testing.assert_allclose(g_max[:4], G.max(0)[:4])
+    np.testing.assert_allclose(g_mean, G.mean(0))
+    np.testing.assert_allclose(g_sigma[:4], G.std(0)[:4])
+    # a constant function is stored with a unit range and σ = 1, so n2p2 divides by 1
+    assert g_max[4] == 2.5 and g_sigma[4] == 1.0
+
+    x = _scaled(sc, "Be", G)
     np.testing.assert_allclose(x[:, :4].min(0), -1.0)
     np.testing.assert_allclose(x[:, :4].max(0), 1.0)
-    assert np.all(x[:, 4] == -1.0)
-    np.testing.assert_allclose(st.scale("Be", G, "center").mean(0), 0.0, atol=1e-12)
-    np.testing.assert_allclose(st.scale("Be", G, "scalesigma")[:, :4].std(0), 1.0)
-    xc = st.scale("Be", G, "scalecenter")
+    np.testing.assert_array_equal(x[:, 4], -1.0)
+    for mode in ("scalecenter", "scalesigma"):
+        sc.mode = mode
+        np.testing.assert_array_equal(_scaled(sc, "Be", G)[:, 4], -1.0)
+    sc.mode = "center"
+    np.testing.assert_allclose(_scaled(sc, "Be", G).mean(0), 0.0, atol=1e-12)
+
+    sc = InputScaling.from_values({"Be": G}, mode="scalesigma")
+    np.testing.assert_allclose(_scaled(sc, "Be", G)[:, :4].std(0), 1.0)
+    sc = InputScaling.from_values({"Be": G}, mode="scalecenter")
+    xc = _scaled(sc, "Be", G)
     np.testing.assert_allclose(xc[:, :4].mean(0), 0.0, atol=1e-12)
     np.testing.assert_allclose(np.ptp(xc[:, :4], axis=0), 1.0)
-    a, _ = st.affine("Be", "scalecenter")
-    np.testing.assert_allclose(a[:4], 1.0 / np.ptp(G[:, :4], axis=0))
-    back = ScalingStats.from_dict(st.to_dict())
-    np.testing.assert_array_equal(back.stats["Be"], st.stats["Be"])
-    rows = st.to_scaling_data_lines(order={"Be": [4, 3, 2, 1, 0]})
-    assert len(rows) == 5 and rows[0].split()[:2] == ["1", "1"]
-    assert float(rows[0].split()[2]) == 1.5
+    a, _ = sc.affine("Be", 5)
+    np.testing.assert_allclose(a, [*(1.0 / np.ptp(G[:, :4], axis=0)), 1.0])
+    sc.mode = "none"
+    np.testing.assert_array_equal(_scaled(sc, "Be", G), G)
+
+
+def test_saved_scaling_loads_unchanged():
+    """The ``scaling`` entry of a saved model, as written since format version 1."""
+    saved = {
+        "mode": "scalecenter",
+        "s_min": -1.0,
+        "s_max": 1.0,
+        "stats": {
+            "Be": {"min": [0.5, 2.0], "max": [1.5, 3.0], "mean": [1.0, 2.25], "sigma": [0.25, 1.0]}
+        },
+    }
+    sc = InputScaling.from_dict(saved)
+    assert sc.to_dict() == saved
+    a, c = sc.affine("Be", 2)
+    np.testing.assert_array_equal(a, [2.0, 2.0])  # (S_max − S_min)/(G_max − G_min)
+    np.testing.assert_array_equal(c, [-3.0, -5.5])  # S_min − a·G_mean
+    back = InputScaling.from_dict(json.loads(json.dumps(sc.to_dict())))
+    np.testing.assert_array_equal(back.stats["Be"], sc.stats["Be"])
+
+
+def test_scaling_data_lines_follow_the_given_order():
+    G = np.arange(15.0).reshape(3, 5) ** 1.5
+    sc = InputScaling.from_values({"Be": G})
+    lines = sc.scaling_data_lines(["Be", "W"], {"Be": [4, 3, 2, 1, 0], "W": [1, 0]})
+    assert lines[0].startswith("#")
+    rows = np.array([ln.split() for ln in lines[1:]], dtype=float)
+    np.testing.assert_array_equal(rows[:, 0], [1, 1, 1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(rows[:, 1], [1, 2, 3, 4, 5, 1, 2])
+    # sf_index k holds function order[k − 1], its values to the last bit
+    np.testing.assert_array_equal(rows[:5, 2:], sc.stats["Be"][:, [4, 3, 2, 1, 0]].T)
+    np.testing.assert_array_equal(rows[5:, 2:], [[0, 1, 0, 1]] * 2)  # W has no statistics
+
+
+def test_scaling_errors_are_clear():
+    G = np.ones((3, 2))
+    with pytest.raises(ModelError, match="unknown"):
+        InputScaling(mode="minmax")
+    with pytest.raises(ModelError, match="s_max > s_min"):
+        InputScaling.from_values({"Be": G}, mode="scalesigma", s_min=1.0, s_max=1.0)
+    InputScaling(mode="center", s_min=1.0, s_max=1.0)  # the range is unused there
+    with pytest.raises(ModelError, match="no Be atoms"):
+        InputScaling.from_values({"Be": np.zeros((0, 2))})
+    with pytest.raises(ModelError, match="NaN"):
+        InputScaling.from_values({"Be": np.array([[1.0, np.nan]])})
+    sc = InputScaling.from_values({"Be": G})
+    with pytest.raises(ModelError, match="3"):
+        sc.affine("Be", 3)
+    with pytest.raises(ModelError, match="W"):
+        sc.affine("W", 2)

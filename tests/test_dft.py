@@ -319,8 +319,8 @@ def test_one_refinement_iteration_with_gpaw_labels(tmp_path):
     from ase.io import write
 
     from nnprefine.config import config_from_dict
-    from nnprefine.project import Project
-    from nnprefine.refine import label_task, refine_iteration
+    from nnprefine.reference import label_frame
+    from nnprefine.stages import Project, refine_iteration
     from nnprefine.structures import make_slab
 
     scratch = tmp_path / "scratch"
@@ -340,7 +340,7 @@ def test_one_refinement_iteration_with_gpaw_labels(tmp_path):
     for seed in range(4):
         frame = slab.copy()
         frame.rattle(stdev=0.05, seed=seed)
-        initial.append(label_task(frame, spec))
+        initial.append(label_frame(frame, spec))
     with project.store() as store:
         store.add_many(initial, origin="initial", iteration=0, reference=spec, seed=0)
     s = refine_iteration(project, 1, slab, slab_cfg.label)

@@ -25,9 +25,10 @@ from _tiny import TESTS_DIR, position_hash, write_tiny_config
 from ase.io import read
 
 from nnprefine.cli import main
+from nnprefine.common import atomic_path
 from nnprefine.config import load_config
-from nnprefine.project import Project, atomic_path
 from nnprefine.sputter import ResultsDB
+from nnprefine.stages import Project
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,7 @@ from _tiny import TESTS_DIR, position_hash, write_tiny_config
 
 from nnprefine.config import load_config
 from nnprefine.model import Committee
-from nnprefine.project import Project
-from nnprefine.refine import initial_data, prepared_slab, refine, refine_iteration
+from nnprefine.stages import Project, initial_data, prepared_slab, refine, refine_iteration
 
 pytestmark = pytest.mark.slow
 

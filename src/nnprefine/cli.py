@@ -40,7 +40,7 @@ def _cmd_check_reference(args: argparse.Namespace) -> int:
 
 def _project(args: argparse.Namespace):
     from nnprefine.config import load_config
-    from nnprefine.project import Project
+    from nnprefine.stages.project import Project
 
     return Project(load_config(args.config))
 

@@ -9,11 +9,13 @@ apart from compute resources (``[executor]``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,28 @@ __all__ = [
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
+
+
+@contextlib.contextmanager
+def _naming_keys(section: Any, key: str, names: dict[str, str] | None = None) -> Iterator[None]:
+    """Re-raise a domain's :class:`ConfigError` with the TOML key of the field it names.
+
+    ``names`` maps domain field names to keys of the section (default: the section's own
+    field names); the longest name found in the message is taken.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        if names is None:
+            names = {f.name: f.name for f in dataclasses.fields(section)}
+        for name in sorted(names, key=len, reverse=True):
+            if name in text:
+                full = f"{key}.{names[name]}"
+                value = getattr(section, names[name], None)
+                shown = f" = {value!r}" if value is not None and "[" not in names[name] else ""
+                raise ConfigError(f"{full}{shown} is not allowed: {text}") from exc
+        raise ConfigError(f"[{key}] {text}") from exc
 
 
 @dataclass(frozen=True)
@@ -127,10 +151,12 @@ class StructuresConfig:
             "zero or more",
             self.equilibration_fs,
         )
+        from nnprefine.structures import THERMOSTATS
+
         _check(
-            self.thermostat in ("nose-hoover", "langevin"),
+            self.thermostat in THERMOSTATS,
             f"{key}.thermostat",
-            "'nose-hoover' or 'langevin'",
+            " or ".join(repr(t) for t in THERMOSTATS),
             self.thermostat,
         )
         _check(self.fixed_layers >= 0, f"{key}.fixed_layers", "zero or more", self.fixed_layers)
@@ -143,6 +169,8 @@ class SlabConfig:
     surface: str = "0001"
     size: tuple[int, int, int] = (4, 4, 6)
     vacuum_A: float = 7.0
+    #: the project's element (set at load from project.element; not a key of the table)
+    element: str = field(default="Be", metadata={"toml": False})
 
     def validate(self, key: str) -> None:
         _check(
@@ -165,7 +193,7 @@ class SlabConfig:
 
     @property
     def label(self) -> str:
-        return f"Be({self.surface})-{'x'.join(str(n) for n in self.size)}"
+        return f"{self.element}({self.surface})-{'x'.join(str(n) for n in self.size)}"
 
 
 @dataclass(frozen=True)
@@ -185,14 +213,21 @@ class DescriptorConfig:
             "'paper' or 'generated'",
             self.preset,
         )
-        _check(self.r_cut_A > 0, f"{key}.r_cut_A", "a positive cutoff in Å", self.r_cut_A)
-        for name in ("n_radial", "n_narrow", "n_wide"):
-            _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
-        _check(
-            self.n_radial + self.n_narrow + self.n_wide > 0,
-            f"{key}",
-            "at least one symmetry function",
-            "none",
+        with _naming_keys(self, key):
+            self.symmetry_functions("Be")  # the set's own checks; the element is checked apart
+
+    def symmetry_functions(self, element: str) -> Any:
+        """The :class:`nnprefine.descriptors.SymmetryFunctionSet` this section names."""
+        from nnprefine.descriptors import make_set, paper_set
+
+        if self.preset == "paper":
+            return paper_set(element, r_cut_A=self.r_cut_A)
+        return make_set(
+            (element,),
+            n_radial=self.n_radial,
+            n_narrow=self.n_narrow,
+            n_wide=self.n_wide,
+            r_cut_A=self.r_cut_A,
         )
 
 
@@ -216,10 +251,12 @@ class NetworkConfig:
             "a list of positive layer widths, e.g. [30, 30]",
             list(self.hidden),
         )
+        from nnprefine.model import ACTIVATIONS
+
         _check(
-            self.activation in ("softplus", "tanh", "shifted_softplus", "silu"),
+            self.activation in ACTIVATIONS,
             f"{key}.activation",
-            "'softplus', 'tanh', 'shifted_softplus' or 'silu'",
+            "one of " + ", ".join(repr(a) for a in ACTIVATIONS),
             self.activation,
         )
         _check(
@@ -236,68 +273,69 @@ class NetworkConfig:
         )
 
 
+def _training_settings() -> type:
+    from nnprefine.training import TrainingSettings
+
+    return TrainingSettings
+
+
+def _impact_settings() -> type:
+    from nnprefine.impact import ImpactSettings
+
+    return ImpactSettings
+
+
+def _flat(
+    load: Callable[[], type],
+    prefix: str = "",
+    only: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] = (),
+    **defaults: Any,
+) -> Any:
+    """A field holding a domain settings object whose keys sit flat in the TOML section.
+
+    ``load()`` returns the domain class (imported when first needed); its fields are TOML
+    keys of this section under ``prefix + name``, all of them or ``only`` these, less
+    ``exclude``. ``defaults`` replace the domain's defaults for this section. The domain's
+    own checks run when the object is built, at load.
+    """
+    return field(
+        default_factory=lambda: load()(**defaults),
+        metadata={
+            "flatten": load,
+            "prefix": prefix,
+            "only": only,
+            "exclude": frozenset(exclude),
+            "defaults": defaults,
+        },
+    )
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Energy + force training of every committee member."""
+    """Energy + force training: the project's policy and every key of ``TrainingSettings``.
 
-    #: "kalman" (n2p2's filter, the paper's) or "adam"; Kalman is the default because it
-    #: reached half Adam's force error in similar wall time (docs/benchmarks.md, Training)
-    optimizer: str = "kalman"
-    epochs: int = 60
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    energy_weight: float = 1.0
-    force_weight: float = 1.0
-    force_fraction: float = 0.05
-    #: n2p2's Kalman filter types: "standard" (kalman_type 0, stable) or "fading" (1)
-    kalman_type: str = "standard"
+    ``[training]`` takes ``test_fraction`` and ``warm_start`` (continue each refinement
+    iteration's committee from the previous one) and, flat in the same table, every field
+    of :class:`nnprefine.training.TrainingSettings` under its own name (``optimizer``,
+    ``epochs``, ``batch_size_frames``, ``kalman_force_fraction``, ``patience_epochs``, …).
+    """
+
     test_fraction: float = 0.1
-    early_stopping_patience: int = 20
     warm_start: bool = True
-    #: n2p2's input scaling: scalecenter (n2p2's usual), scalesigma (robust to the rare
-    #: close-collision frames that stretch min/max), scale, center or none
-    scaling_mode: str = "scalecenter"
-    #: memory for cached descriptor Jacobians (≈ 6 MiB per 96-atom frame of the paper set);
-    #: frames beyond it train on the fly, ~20x slower per epoch; 0 turns the cache off
-    jacobian_cache_GiB: float = 6.0
+    settings: Any = _flat(_training_settings, exclude=("seed", "warm_start", "quiet"))
 
     def validate(self, key: str) -> None:
-        _check(
-            self.jacobian_cache_GiB >= 0,
-            f"{key}.jacobian_cache_GiB",
-            "zero or more (GiB)",
-            self.jacobian_cache_GiB,
-        )
-        _check(
-            self.scaling_mode in ("none", "scale", "center", "scalecenter", "scalesigma"),
-            f"{key}.scaling_mode",
-            "'scalecenter', 'scalesigma', 'scale', 'center' or 'none'",
-            self.scaling_mode,
-        )
-        _check(
-            self.kalman_type in ("standard", "fading"),
-            f"{key}.kalman_type",
-            "'standard' or 'fading'",
-            self.kalman_type,
-        )
-        _check(
-            self.optimizer in ("adam", "kalman"),
-            f"{key}.optimizer",
-            "'adam' or 'kalman'",
-            self.optimizer,
-        )
-        for name in ("epochs", "batch_size", "early_stopping_patience"):
-            _check(getattr(self, name) >= 1, f"{key}.{name}", "1 or more", getattr(self, name))
-        for name in ("learning_rate",):
-            _check(
-                getattr(self, name) > 0, f"{key}.{name}", "a positive number", getattr(self, name)
-            )
-        for name in ("energy_weight", "force_weight"):
-            _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
-        _check(
-            0 < self.force_fraction <= 1, f"{key}.force_fraction", "in (0, 1]", self.force_fraction
-        )
         _check(0 < self.test_fraction < 1, f"{key}.test_fraction", "in (0, 1)", self.test_fraction)
+
+
+#: the impact keys of the short runs that gather data (initial data, exploration), and
+#: their defaults: one run without extensions, looser sanity bounds than production
+#: (data-gathering runs only need to stop a blow-up; close contacts are what they seek)
+_SHORT_RUN_KEYS = ("timestep_fs", "duration_fs", "min_distance_A", "max_energy_drift_eV")
+_SHORT_RUN_SANITY: dict[str, Any] = dict(
+    max_extensions=0, min_distance_A=0.3, max_energy_drift_eV=20.0, max_potential_drop_eV=None
+)
 
 
 @dataclass(frozen=True)
@@ -307,13 +345,29 @@ class InitialDataConfig:
     slab: SlabConfig = field(default_factory=lambda: SlabConfig("0001", (4, 4, 6), 5.8))
     energies_eV: tuple[float, ...] = (20.0, 35.0, 50.0, 75.0, 100.0)
     runs_per_energy: int = 100
-    timestep_fs: float = 0.5
-    duration_fs: float = 150.0
     high_energy_eV: float = 75.0  # at and above it, runs last high_energy_duration_fs
     high_energy_duration_fs: float = 50.0
     snapshots_per_run: int = 5
     thermal_frames: int = 50
     thermal_interval_fs: float = 20.0
+    #: reference-driven impacts: ``timestep_fs``, ``duration_fs`` and the sanity bounds
+    #: ``min_distance_A``, ``max_energy_drift_eV``, ``max_potential_drop_eV`` of
+    #: :class:`nnprefine.impact.ImpactSettings`, flat in ``[initial_data]``
+    impact: Any = _flat(
+        _impact_settings,
+        only=_SHORT_RUN_KEYS,
+        timestep_fs=0.5,
+        duration_fs=150.0,
+        **_SHORT_RUN_SANITY,
+    )
+
+    def duration_fs(self, energy_eV: float) -> float:
+        """How long a reference-driven impact of ``energy_eV`` runs (fs)."""
+        return (
+            self.high_energy_duration_fs
+            if energy_eV >= self.high_energy_eV
+            else self.impact.duration_fs
+        )
 
     def validate(self, key: str) -> None:
         self.slab.validate(f"{key}.slab")
@@ -325,12 +379,7 @@ class InitialDataConfig:
         )
         for name in ("runs_per_energy", "snapshots_per_run", "thermal_frames"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
-        for name in (
-            "timestep_fs",
-            "duration_fs",
-            "high_energy_duration_fs",
-            "thermal_interval_fs",
-        ):
+        for name in ("high_energy_duration_fs", "thermal_interval_fs"):
             _check(
                 getattr(self, name) > 0, f"{key}.{name}", "a positive number", getattr(self, name)
             )
@@ -342,20 +391,6 @@ class ThresholdConfig:
 
     energy_meV_per_atom: float = 20.0
     force_eV_per_A: float = 2.0
-
-    def validate(self, key: str) -> None:
-        _check(
-            self.energy_meV_per_atom > 0,
-            f"{key}.energy_meV_per_atom",
-            "a positive number",
-            self.energy_meV_per_atom,
-        )
-        _check(
-            self.force_eV_per_A > 0,
-            f"{key}.force_eV_per_A",
-            "a positive number",
-            self.force_eV_per_A,
-        )
 
 
 @dataclass(frozen=True)
@@ -369,8 +404,6 @@ class RefineConfig:
     )
     exploration_energies_eV: tuple[float, ...] = (20.0, 35.0, 50.0, 75.0, 100.0)
     exploration_runs_per_energy: int = 10
-    exploration_duration_fs: float = 40.0
-    exploration_timestep_fs: float = 0.5
     frame_interval_fs: float = 1.0
     max_selected_per_iteration: int = 200
     min_frame_separation_fs: float = 2.0
@@ -382,6 +415,17 @@ class RefineConfig:
     # The paper's NNP5 -> NNP6 step: after the main loop, iterations exploring a second surface.
     second_surface_slab: SlabConfig | None = None
     second_surface_iterations: int = 1
+    #: exploration impacts: ``exploration_duration_fs``, ``exploration_timestep_fs`` and the
+    #: sanity bounds ``exploration_min_distance_A``, ``exploration_max_energy_drift_eV`` of
+    #: :class:`nnprefine.impact.ImpactSettings` (its field names after the prefix)
+    exploration: Any = _flat(
+        _impact_settings,
+        prefix="exploration_",
+        only=_SHORT_RUN_KEYS,
+        timestep_fs=0.5,
+        duration_fs=40.0,
+        **_SHORT_RUN_SANITY,
+    )
 
     def validate(self, key: str) -> None:
         _check(
@@ -393,32 +437,35 @@ class RefineConfig:
             "at least one [[refine.thresholds]] table",
             [],
         )
-        for i, t in enumerate(self.thresholds):
-            t.validate(f"{key}.thresholds[{i}]")
+        # the selection rules' own checks, each key named as the TOML has it
+        names = {
+            "energy_threshold_eV_per_atom": "thresholds[{i}].energy_meV_per_atom",
+            "force_threshold_eV_per_A": "thresholds[{i}].force_eV_per_A",
+            "upper_trust_force_eV_per_A": "upper_trust_force_eV_per_A",
+            "max_selected": "max_selected_per_iteration",
+            "min_separation_fs": "min_frame_separation_fs",
+            "adaptive_count": "adaptive_count",
+        }
+        for i in range(len(self.thresholds)):
+            with _naming_keys(self, key, {n: k.format(i=i) for n, k in names.items()}):
+                self.selection(i)
         _check(
             all(e > 0 for e in self.exploration_energies_eV),
             f"{key}.exploration_energies_eV",
             "positive energies",
             list(self.exploration_energies_eV),
         )
-        for name in ("exploration_runs_per_energy", "max_selected_per_iteration", "adaptive_count"):
-            _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
-        for name in (
-            "exploration_duration_fs",
-            "exploration_timestep_fs",
-            "frame_interval_fs",
-            "upper_trust_force_eV_per_A",
-        ):
+        _check(
+            self.exploration_runs_per_energy >= 0,
+            f"{key}.exploration_runs_per_energy",
+            "zero or more",
+            self.exploration_runs_per_energy,
+        )
+        for name in ("frame_interval_fs",):
             _check(
                 getattr(self, name) > 0, f"{key}.{name}", "a positive number", getattr(self, name)
             )
         _check(0 <= self.stop_fraction < 1, f"{key}.stop_fraction", "in [0, 1)", self.stop_fraction)
-        _check(
-            self.min_frame_separation_fs >= 0,
-            f"{key}.min_frame_separation_fs",
-            "zero or more",
-            self.min_frame_separation_fs,
-        )
         if self.second_surface_slab is not None:
             self.second_surface_slab.validate(f"{key}.second_surface_slab")
         _check(
@@ -432,6 +479,21 @@ class RefineConfig:
         """Iteration k uses thresholds[k], the last entry for later iterations."""
         return self.thresholds[min(iteration, len(self.thresholds) - 1)]
 
+    def selection(self, iteration: int) -> Any:
+        """The :class:`nnprefine.selection.SelectionSettings` of refinement step ``iteration``
+        (0 for the first), thresholds converted from the TOML's meV/atom."""
+        from nnprefine.selection import SelectionSettings
+
+        th = self.thresholds_for(iteration)
+        return SelectionSettings(
+            energy_threshold_eV_per_atom=th.energy_meV_per_atom / 1000.0,
+            force_threshold_eV_per_A=th.force_eV_per_A,
+            upper_trust_force_eV_per_A=self.upper_trust_force_eV_per_A,
+            max_selected=self.max_selected_per_iteration,
+            min_separation_fs=self.min_frame_separation_fs,
+            adaptive_count=self.adaptive_count,
+        )
+
 
 @dataclass(frozen=True)
 class ProductionConfig:
@@ -440,12 +502,6 @@ class ProductionConfig:
     slab: SlabConfig = field(default_factory=lambda: SlabConfig("0001", (7, 7, 10), 7.0))
     energies_eV: tuple[float, ...] = (50.0, 55.0, 60.0, 65.0, 75.0, 100.0)
     trajectories_per_energy: int = 500
-    timestep_fs: float = 0.2
-    duration_fs: float = 120.0
-    extension_fs: float = 120.0
-    max_extensions: int = 1
-    adaptive_timestep: bool = False
-    early_stop: bool = False
     reference_energies_eV: tuple[float, ...] = ()  # reference-driven check at these energies
     reference_trajectories: int = 0
     #: sequential stopping of the model-driven campaign: after trajectories_per_energy,
@@ -453,26 +509,16 @@ class ProductionConfig:
     #: sputtered atoms per ion) or max_trajectories_per_energy is reached
     target_error: float | None = None
     max_trajectories_per_energy: int | None = None
-    #: optional heat sink as cascade studies use it (off in the paper): a thermostat at
-    #: structures.temperature_K on the lateral border and bottom of the free slab, the
-    #: impact zone and the top layer left NVE; "off", "berendsen" or "langevin"
-    heat_sink: str = "off"
-    heat_sink_tau_fs: float = 50.0
+    #: how each impact runs: every field of :class:`nnprefine.impact.ImpactSettings`
+    #: flat in ``[[production]]`` (``timestep_fs``, ``duration_fs``, ``extension_fs``,
+    #: ``max_extensions``, ``adaptive`` (a table; absent: the fixed step), ``early_stop``
+    #: ("off", "on", "shadow"), ``heat_sink`` ("off", "berendsen", "langevin"; a thermostat
+    #: at structures.temperature_K on the border of the slab, off in the paper),
+    #: ``heat_sink_tau_fs``, the sanity bounds, …)
+    impact: Any = _flat(_impact_settings, exclude=("r_cut_A", "heat_sink_temperature_K"))
 
     def validate(self, key: str) -> None:
         self.slab.validate(f"{key}.slab")
-        _check(
-            self.heat_sink in ("off", "berendsen", "langevin"),
-            f"{key}.heat_sink",
-            "'off', 'berendsen' or 'langevin'",
-            self.heat_sink,
-        )
-        _check(
-            self.heat_sink_tau_fs > 0,
-            f"{key}.heat_sink_tau_fs",
-            "a positive time (fs)",
-            self.heat_sink_tau_fs,
-        )
         if self.target_error is not None:
             _check(
                 self.target_error > 0,
@@ -499,13 +545,8 @@ class ProductionConfig:
             "positive energies",
             list(self.reference_energies_eV),
         )
-        for name in ("trajectories_per_energy", "max_extensions", "reference_trajectories"):
+        for name in ("trajectories_per_energy", "reference_trajectories"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
-        for name in ("timestep_fs", "duration_fs"):
-            _check(
-                getattr(self, name) > 0, f"{key}.{name}", "a positive number", getattr(self, name)
-            )
-        _check(self.extension_fs >= 0, f"{key}.extension_fs", "zero or more", self.extension_fs)
 
 
 @dataclass(frozen=True)
@@ -652,20 +693,107 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+#: TOML keys that were renamed to their domain's field names, and what to write instead
+_RENAMED = {
+    "training.batch_size": "batch_size_frames",
+    "training.force_fraction": "kalman_force_fraction",
+    "training.early_stopping_patience": "patience_epochs",
+    "production.adaptive_timestep": "adaptive = {} (the default adaptive step; leave it out "
+    "for the fixed step)",
+}
+
+
+def _toml_names(f: dataclasses.Field) -> dict[str, str]:
+    """TOML key → domain field name, for a flattened field (see :func:`_flat`)."""
+    meta = f.metadata
+    names = [g.name for g in dataclasses.fields(meta["flatten"]())]
+    if meta["only"] is not None:
+        names = [n for n in names if n in meta["only"]]
+    return {meta["prefix"] + n: n for n in names if n not in meta["exclude"]}
+
+
+def _build_flat(f: dataclasses.Field, data: dict[str, Any], prefix: str) -> Any:
+    """The domain object of a flattened field from its keys; its own checks name the key."""
+    target = f.metadata["flatten"]()
+    hints = typing.get_type_hints(target)
+    names = _toml_names(f)
+    inverse = {v: k for k, v in names.items()}
+    kwargs = dict(f.metadata["defaults"])
+    for key, value in data.items():
+        name = names[key]
+        kwargs[name] = _convert(value, hints[name], f"{prefix}{key}")
+    try:
+        return target(**kwargs)
+    except ConfigError as exc:
+        # the domain names its field; say which TOML key that is, with the value given
+        text = str(exc)
+        for name in sorted(inverse, key=len, reverse=True):
+            if name in text:
+                key = f"{prefix}{inverse[name]}"
+                raise ConfigError(f"{key} = {kwargs.get(name)!r} is not allowed: {text}") from exc
+        raise ConfigError(f"[{prefix.rstrip('.')}] {text}") from exc
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]
+    own, flat = [], []
+    for f in dataclasses.fields(cls):
+        if f.name == "base_dir" or not f.metadata.get("toml", True):
+            continue
+        (flat if "flatten" in f.metadata else own).append(f)
+    own_names = [f.name for f in own]
+    routes = {key: f for f in flat for key in _toml_names(f)}
     kwargs: dict[str, Any] = {}
+    routed: dict[str, dict[str, Any]] = {f.name: {} for f in flat}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
-        if key not in names:
+        if key in own_names:
+            kwargs[key] = _convert(value, hints[key], full)
+        elif key in routes:
+            routed[routes[key].name][key] = value
+        else:
+            section = prefix.split("[")[0]
+            if f"{section}.{key}" in _RENAMED:
+                raise ConfigError(
+                    f"'{full}' was renamed to its domain's name: write "
+                    f"{_RENAMED[f'{section}.{key}']}"
+                )
+            names = own_names + list(routes)
             close = difflib.get_close_matches(key, names, n=1)
             hint = (
                 f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(names)}"
             )
             raise ConfigError(f"unknown key '{full}'{hint}")
-        kwargs[key] = _convert(value, hints[key], full)
+    for f in flat:
+        kwargs[f.name] = _build_flat(f, routed[f.name], f"{prefix}." if prefix else "")
     return cls(**kwargs)
+
+
+def _with_project_values(config: Config) -> Config:
+    """Copy cross-section values into the sections that need them: the element into every
+    slab, structures.temperature_K into every heat sink."""
+
+    def slab(s: SlabConfig | None) -> SlabConfig | None:
+        return None if s is None else dataclasses.replace(s, element=config.project.element)
+
+    production = tuple(
+        dataclasses.replace(
+            p,
+            slab=slab(p.slab),
+            impact=dataclasses.replace(
+                p.impact, heat_sink_temperature_K=config.structures.temperature_K
+            ),
+        )
+        for p in config.production
+    )
+    return dataclasses.replace(
+        config,
+        initial_data=dataclasses.replace(config.initial_data, slab=slab(config.initial_data.slab)),
+        refine=dataclasses.replace(
+            config.refine, second_surface_slab=slab(config.refine.second_surface_slab)
+        ),
+        production=production,
+    )
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
@@ -673,7 +801,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config
     data = dict(data)
     if "production" in data and isinstance(data["production"], dict):
         data["production"] = [data["production"]]
-    config = _build(Config, data, "")
+    config = _with_project_values(_build(Config, data, ""))
     config = dataclasses.replace(config, base_dir=str(Path(base_dir).resolve()))
     config.validate()
     return config
@@ -693,6 +821,26 @@ def load_config(path: str | Path) -> Config:
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The config as plain data (for recording with results)."""
-    out = dataclasses.asdict(config)
+    out = _to_dict(config)
     out.pop("base_dir", None)
     return out
+
+
+def _to_dict(obj: Any) -> Any:
+    """Plain data as the TOML has it: flattened domain objects merged into their section."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if "flatten" in f.metadata:
+                for key, name in _toml_names(f).items():
+                    if getattr(value, name) is not None:
+                        out[key] = _to_dict(getattr(value, name))
+            elif f.metadata.get("toml", True) and value is not None:  # TOML has no null
+                out[f.name] = _to_dict(value)
+        return out
+    if isinstance(obj, tuple | list):
+        return [_to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_dict(v) for k, v in obj.items()}
+    return obj

@@ -320,6 +320,10 @@ class EarlyStop:
         return None
 
 
+EARLY_STOP_MODES = ("off", "on", "shadow")
+HEAT_SINKS = ("off", "berendsen", "langevin")
+
+
 @dataclass(frozen=True)
 class ImpactSettings:
     """How one impact trajectory is run. Defaults are the paper's production protocol.
@@ -328,7 +332,12 @@ class ImpactSettings:
     ``r_cut_A`` attribute. ``timestep_fs`` (fixed step), ``duration_fs``, then up to
     ``max_extensions`` extensions of ``extension_fs`` while undecided. ``adaptive``
     replaces the fixed step. ``early_stop`` is "off", "on" or "shadow" (record when
-    it would stop, run on). ``heat_sink`` is None, "berendsen" or "langevin".
+    it would stop, run on). ``heat_sink`` is "off", "berendsen" or "langevin". The
+    sanity bounds (``min_distance_A``, ``max_energy_drift_eV``, ``max_potential_drop_eV``)
+    end a trajectory as unphysical (:class:`nnprefine.md.SanityObserver`).
+
+    The same settings run production impacts, exploration impacts and reference-driven
+    impacts of the initial data; a config section names its fields with these names.
     """
 
     r_cut_A: float | None = None
@@ -345,7 +354,7 @@ class ImpactSettings:
     escape_energy_eV: float = 2.0
     hold_fs: float = 10.0
     check_interval: int = 5
-    heat_sink: str | None = None
+    heat_sink: str = "off"
     heat_sink_temperature_K: float = 300.0
     heat_sink_tau_fs: float = 50.0
     heat_sink_lateral_width_A: float = 3.0
@@ -356,24 +365,24 @@ class ImpactSettings:
     max_potential_drop_eV: float | None = 30.0
 
     def __post_init__(self) -> None:
-        if self.early_stop not in ("off", "on", "shadow"):
+        if self.early_stop not in EARLY_STOP_MODES:
             raise ConfigError(
                 f"early_stop must be 'off', 'on' or 'shadow', got {self.early_stop!r}"
             )
-        if self.heat_sink not in (None, "berendsen", "langevin"):
+        if self.heat_sink not in HEAT_SINKS:
             raise ConfigError(
-                f"heat_sink must be None, 'berendsen' or 'langevin', got {self.heat_sink!r}"
+                f"heat_sink must be 'off', 'berendsen' or 'langevin', got {self.heat_sink!r}"
             )
-        if self.timestep_fs <= 0 or self.duration_fs <= 0 or self.extension_fs < 0:
-            raise ConfigError(
-                "need timestep_fs > 0, duration_fs > 0 and extension_fs >= 0; got "
-                f"{self.timestep_fs}, {self.duration_fs}, {self.extension_fs}"
-            )
-        if self.max_extensions < 0 or self.check_interval < 1:
-            raise ConfigError(
-                f"need max_extensions >= 0 and check_interval >= 1; got {self.max_extensions}, "
-                f"{self.check_interval}"
-            )
+        positive = ("timestep_fs", "duration_fs", "heat_sink_tau_fs", "min_distance_A")
+        positive += ("max_energy_drift_eV", "height_A")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("extension_fs", "max_extensions"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be zero or more, got {getattr(self, name)}")
+        if self.check_interval < 1:
+            raise ConfigError(f"check_interval must be 1 or more, got {self.check_interval}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -449,7 +458,7 @@ def run_impact(
     )
     atoms.calc = calc
     sink = None
-    if settings.heat_sink is not None:
+    if settings.heat_sink != "off":
         mask = heat_sink_mask(
             atoms,
             (spec.x_A, spec.y_A),

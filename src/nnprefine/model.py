@@ -15,7 +15,8 @@ Public names:
 - :class:`Committee` — N models of identical topology, different seeded initial
   weights; ``evaluate(atoms)`` shares the descriptor values and neighbour list.
 - :func:`disagreement` — the committee metrics, the one place they are computed.
-- :class:`InputScaling`, :class:`ZBLBaseline`, :class:`ElementNetwork`.
+- :class:`ZBLBaseline`, :class:`ElementNetwork`; :class:`InputScaling` (defined in
+  :mod:`nnprefine.descriptors.scaling`, importable from here).
 
 Units: eV, Å. Arrays are float64.
 """
@@ -29,7 +30,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from ase import Atoms
 
 from nnprefine import __version__
 from nnprefine.descriptors import Descriptor, Neighbours, SymmetryFunctionSet
+from nnprefine.descriptors.scaling import InputScaling
 from nnprefine.errors import ModelError, UnsupportedElementError
 
 __all__ = [
@@ -233,107 +235,6 @@ class ElementNetwork(torch.nn.Module):
         for k in range(last - 1, -1, -1):
             g = (g * act.df(pre[k])) @ arrays[k][0]
         return energies, np.ascontiguousarray(g)
-
-
-# --------------------------------------------------------------------------- scaling
-
-_SCALING_MODES = ("none", "scale", "center", "scalecenter", "scalesigma")
-
-
-@dataclass
-class InputScaling:
-    """n2p2's symmetry-function scaling, per element, as an affine map x = a·G + c.
-
-    ``mode`` is one of (n2p2 keywords in brackets):
-
-    - ``"none"``: x = G
-    - ``"scale"`` (scale_symmetry_functions): x = Smin + (Smax − Smin)(G − Gmin)/(Gmax − Gmin)
-    - ``"center"`` (center_symmetry_functions): x = G − Gmean
-    - ``"scalecenter"`` (both): x = Smin + (Smax − Smin)(G − Gmean)/(Gmax − Gmin)
-    - ``"scalesigma"`` (scale_symmetry_functions_sigma): x = Smin + (Smax − Smin)(G − Gmean)/σ
-
-    ``stats[element]`` is a (4, n_functions) float64 array of rows Gmin, Gmax, Gmean,
-    Gsigma over the training atoms of that element. A function that is constant over the
-    training set gets Gmax = Gmin + 1 (and σ = 1), so the scaled input stays finite here
-    and in n2p2 alike.
-    """
-
-    mode: str = "scale"
-    s_min: float = 0.0
-    s_max: float = 1.0
-    stats: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.mode not in _SCALING_MODES:
-            raise ModelError(f"scaling mode {self.mode!r} unknown; choose one of {_SCALING_MODES}")
-        if self.mode != "none" and self.mode != "center" and not self.s_max > self.s_min:
-            raise ModelError(f"scaling needs s_max > s_min, got {self.s_min}, {self.s_max}")
-        self.stats = {el: np.asarray(s, dtype=np.float64) for el, s in self.stats.items()}
-
-    @classmethod
-    def from_values(
-        cls,
-        values_by_element: Mapping[str, np.ndarray],
-        mode: str = "scale",
-        s_min: float = 0.0,
-        s_max: float = 1.0,
-    ) -> InputScaling:
-        """Statistics from symmetry-function rows (n_atoms_el, n_functions_el) per element."""
-        stats = {}
-        for el, rows in values_by_element.items():
-            rows = np.asarray(rows, dtype=np.float64)
-            if rows.ndim != 2 or rows.shape[0] == 0:
-                raise ModelError(
-                    f"no symmetry-function values for {el}: the training set has no {el} atoms"
-                )
-            g_min, g_max = rows.min(axis=0), rows.max(axis=0)
-            g_sigma = rows.std(axis=0)
-            flat = g_max - g_min <= 1e-12 * np.maximum(1.0, np.abs(g_max))
-            g_max = np.where(flat, g_min + 1.0, g_max)
-            g_sigma = np.where(g_sigma > 0, g_sigma, 1.0)
-            stats[el] = np.stack([g_min, g_max, rows.mean(axis=0), g_sigma])
-        return cls(mode=mode, s_min=s_min, s_max=s_max, stats=stats)
-
-    def affine(self, element: str, n_functions: int) -> tuple[np.ndarray, np.ndarray]:
-        """(a, c), each (n_functions,) float64, with x = a·G + c for ``element``."""
-        if self.mode == "none":
-            return np.ones(n_functions), np.zeros(n_functions)
-        if element not in self.stats:
-            raise ModelError(f"no scaling statistics for {element}; fit the scaling first")
-        g_min, g_max, g_mean, g_sigma = self.stats[element]
-        if g_min.shape[0] != n_functions:
-            raise ModelError(
-                f"scaling of {element} has {g_min.shape[0]} functions, the set has {n_functions}"
-            )
-        span = self.s_max - self.s_min
-        if self.mode == "scale":
-            a = span / (g_max - g_min)
-            return a, self.s_min - a * g_min
-        if self.mode == "center":
-            return np.ones(n_functions), -g_mean
-        a = span / (g_max - g_min) if self.mode == "scalecenter" else span / g_sigma
-        return a, self.s_min - a * g_mean
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description."""
-        return {
-            "mode": self.mode,
-            "s_min": self.s_min,
-            "s_max": self.s_max,
-            "stats": {
-                el: {k: s[i].tolist() for i, k in enumerate(("min", "max", "mean", "sigma"))}
-                for el, s in self.stats.items()
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> InputScaling:
-        """Inverse of :meth:`to_dict`."""
-        stats = {
-            el: np.array([s["min"], s["max"], s["mean"], s["sigma"]], dtype=np.float64)
-            for el, s in d.get("stats", {}).items()
-        }
-        return cls(mode=d["mode"], s_min=float(d["s_min"]), s_max=float(d["s_max"]), stats=stats)
 
 
 # --------------------------------------------------------------------------- ZBL baseline

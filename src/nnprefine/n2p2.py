@@ -55,6 +55,7 @@ from ase.data import atomic_numbers
 
 from nnprefine import __version__
 from nnprefine.descriptors import SymmetryFunctionSet
+from nnprefine.descriptors.scaling import N2P2_SCALING_KEYWORDS
 from nnprefine.errors import ModelError
 from nnprefine.model import (
     ACTIVATIONS,
@@ -100,13 +101,9 @@ gradient_adam_epsilon energy_threshold bond_threshold
 """.split()
 )
 
-_SCALING_KEYWORDS = {
-    frozenset(): "none",
-    frozenset({"scale_symmetry_functions"}): "scale",
-    frozenset({"center_symmetry_functions"}): "center",
-    frozenset({"scale_symmetry_functions", "center_symmetry_functions"}): "scalecenter",
-    frozenset({"scale_symmetry_functions_sigma"}): "scalesigma",
-}
+#: scaling mode of each combination of ``input.nn`` scaling keywords.
+_MODE_OF_KEYWORDS = {frozenset(kw): mode for mode, kw in N2P2_SCALING_KEYWORDS.items()}
+_SCALING_FLAGS = frozenset().union(*_MODE_OF_KEYWORDS)
 
 
 # --------------------------------------------------------------------------- ordering
@@ -179,14 +176,6 @@ def write_n2p2(pot: NNPotential, directory: str | os.PathLike[str]) -> Path:
     order = _n2p2_order(sfset)
     lines_by_el = _sf_lines(sfset)
     letter = ACTIVATIONS[pot.activation].n2p2_letter
-    mode = pot.scaling.mode
-    keywords = {
-        "none": [],
-        "scale": ["scale_symmetry_functions"],
-        "center": ["center_symmetry_functions"],
-        "scalecenter": ["scale_symmetry_functions", "center_symmetry_functions"],
-        "scalesigma": ["scale_symmetry_functions_sigma"],
-    }[mode]
     out = [
         f"# n2p2 potential written by nnprefine {__version__}",
         "# units: eV, Angstrom (pair_style hdnnp ... cflength 1.0 cfenergy 1.0)",
@@ -197,7 +186,7 @@ def write_n2p2(pot: NNPotential, directory: str | os.PathLike[str]) -> Path:
     ]
     out += [f"atom_energy {el} {pot.energy_offsets_eV[el]:.17g}" for el in elements]
     out.append(_cutoff_line(sfset) or "cutoff_type 1 0.0")
-    out += keywords
+    out += N2P2_SCALING_KEYWORDS[pot.scaling.mode]
     out += [
         f"scale_min_short {pot.scaling.s_min:.17g}",
         f"scale_max_short {pot.scaling.s_max:.17g}",
@@ -211,18 +200,7 @@ def write_n2p2(pot: NNPotential, directory: str | os.PathLike[str]) -> Path:
         out += [lines_by_el[el][k] for k in order[el]]
     (directory / "input.nn").write_text("\n".join(out) + "\n")
 
-    rows = [
-        "# Symmetry function scaling data (nnprefine); columns: e_index sf_index "
-        "sf_min sf_max sf_mean sf_sigma"
-    ]
-    for e_index, el in enumerate(elements, start=1):
-        n = sfset.n_functions(el)
-        stats = pot.scaling.stats.get(el)
-        if stats is None:  # unscaled model: write neutral statistics
-            stats = np.stack([np.zeros(n), np.ones(n), np.zeros(n), np.ones(n)])
-        for k, src in enumerate(order[el], start=1):
-            g = stats[:, src]
-            rows.append(f"{e_index:10d} {k:10d} " + " ".join(f"{v:24.16E}" for v in g))
+    rows = pot.scaling.scaling_data_lines(elements, order)
     (directory / "scaling.data").write_text("\n".join(rows) + "\n")
 
     for el in elements:
@@ -327,11 +305,7 @@ def read_n2p2(
                 offsets[args[0]] = float(args[1])
             except (IndexError, ValueError):
                 raise _fail(path, number, "atom_energy needs '<element> <energy>'") from None
-        elif key in (
-            "scale_symmetry_functions",
-            "center_symmetry_functions",
-            "scale_symmetry_functions_sigma",
-        ):
+        elif key in _SCALING_FLAGS:
             scaling_flags.add(key)
         else:
             if key == "cutoff_type":
@@ -362,7 +336,7 @@ def read_n2p2(
         raise _fail(
             path, ln_n, f"number_of_elements {' '.join(n_el)} but {len(elements)} elements listed"
         )
-    mode = _SCALING_KEYWORDS.get(frozenset(scaling_flags))
+    mode = _MODE_OF_KEYWORDS.get(frozenset(scaling_flags))
     if mode is None:
         raise ModelError(f"{path}: scaling keywords {sorted(scaling_flags)} cannot be combined")
     ln_h, n_hidden = need("global_hidden_layers_short")

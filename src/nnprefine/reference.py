@@ -14,8 +14,10 @@ from __future__ import annotations
 import ctypes
 import importlib
 import importlib.metadata
+import json
 import math
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,25 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.units import bar
 
-from nnprefine.errors import ConfigError, ReferenceCalculationError, UnsupportedElementError
+from nnprefine.errors import (
+    ConfigError,
+    NnprefineError,
+    ReferenceCalculationError,
+    UnsupportedElementError,
+)
 
-__all__ = ["SnapReference", "make_reference", "reference_spec", "BUILTIN_SPEC", "potential_dir"]
+__all__ = [
+    "BUILTIN_SPEC",
+    "SnapReference",
+    "cached_reference",
+    "label_frame",
+    "make_reference",
+    "potential_dir",
+    "reference_spec",
+]
 
 #: The spec of the built-in reference, as stored with every label.
 BUILTIN_SPEC: dict[str, Any] = {"calculator": "builtin-snap", "kwargs": {}}
@@ -363,3 +379,42 @@ def make_reference(spec: Mapping[str, Any] | str | None = None) -> Calculator:
     if not hasattr(calc, "get_potential_energy") and not hasattr(calc, "calculate"):
         raise ConfigError(f"reference.calculator = {name!r} did not give an ASE calculator")
     return calc
+
+
+_CACHE: dict[str, Calculator] = {}
+
+
+def cached_reference(spec: Mapping[str, Any] | str | None) -> Calculator:
+    """One reference calculator per spec and process (LAMMPS or DFT start-up is not free)."""
+    key = json.dumps(reference_spec(spec), sort_keys=True)
+    if key not in _CACHE:
+        _CACHE[key] = make_reference(spec)
+    return _CACHE[key]
+
+
+def label_frame(atoms: Atoms, reference: Mapping[str, Any] | str | None) -> Atoms:
+    """A copy of ``atoms`` labelled by the reference: energy (eV), forces (eV/Å).
+
+    Runs on a worker (the reference is built once per process). The copy carries a
+    :class:`SinglePointCalculator` and ``info["label_wall_s"]``. Raises
+    :class:`ReferenceCalculationError` for a failure, NaN or non-convergence.
+    """
+    frame = atoms.copy()
+    frame.constraints = []
+    calc = cached_reference(reference)
+    frame.calc = calc
+    t0 = time.perf_counter()
+    try:
+        energy = frame.get_potential_energy()
+        forces = frame.get_forces()
+    except NnprefineError:
+        raise
+    except Exception as exc:  # DFT codes raise their own types (SCF not converged, ...)
+        raise ReferenceCalculationError(f"{type(exc).__name__}: {exc}") from exc
+    if getattr(calc, "converged", True) is False:
+        raise ReferenceCalculationError("the reference calculation did not converge")
+    if not (math.isfinite(energy) and np.isfinite(forces).all()):
+        raise ReferenceCalculationError("the reference returned NaN or inf")
+    frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=np.array(forces))
+    frame.info["label_wall_s"] = time.perf_counter() - t0
+    return frame

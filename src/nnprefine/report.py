@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from nnprefine.project import atomic_path, json_default
+from nnprefine.common import atomic_path, json_default
 
 __all__ = [
     "SUMMARY_VERSION",

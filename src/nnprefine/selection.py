@@ -1,7 +1,7 @@
 """Which exploration frames go to the reference: thresholds, trust level, caps, spreading.
 
 Pure functions on arrays of per-frame committee disagreement. The refinement loop
-(:mod:`nnprefine.refine`) gathers the arrays from its exploration trajectories and
+(:mod:`nnprefine.stages.refinement`) gathers the arrays from its exploration trajectories and
 labels what :func:`select_frames` returns.
 
 Rules, in order:
@@ -23,11 +23,45 @@ Rules, in order:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Selection", "select_frames"]
+from nnprefine.errors import ConfigError
+
+__all__ = ["Selection", "SelectionSettings", "select_frames"]
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """The rules' parameters, as :func:`select_frames` takes them (see the module docstring).
+
+    The paper's thresholds: 20 meV/atom and 2 eV/Å in the first iteration, then 2 meV/atom
+    and 0.8 eV/Å.
+    """
+
+    energy_threshold_eV_per_atom: float = 0.020
+    force_threshold_eV_per_A: float = 2.0
+    upper_trust_force_eV_per_A: float = np.inf
+    max_selected: int = 200
+    min_separation_fs: float = 0.0
+    adaptive_count: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "energy_threshold_eV_per_atom",
+            "force_threshold_eV_per_A",
+            "upper_trust_force_eV_per_A",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_selected", "min_separation_fs", "adaptive_count"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be zero or more, got {getattr(self, name)}")
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -205,11 +205,6 @@ class ResultsDB:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
-    def failures(self) -> list[dict[str, Any]]:
-        cur = self._con.execute("SELECT * FROM failures")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
     def energies(self, surface: str) -> list[float]:
         rows = self._con.execute(
             "SELECT DISTINCT energy_eV FROM trajectories WHERE surface = ? ORDER BY energy_eV",

@@ -30,9 +30,10 @@ __all__ = [
     "hcp_bulk",
     "make_slab",
     "maxwell_boltzmann_velocities",
+    "prepare_slab",
     "relax_hcp",
     "relax_slab",
-    "surface_top_z",
+    "THERMOSTATS",
 ]
 
 #: Named slabs of the paper. Sizes are (nx, ny, layers) in the ASE builders' units.
@@ -226,12 +227,6 @@ def make_slab(
     )
 
 
-def surface_top_z(atoms: Atoms, mask: np.ndarray | None = None) -> float:
-    """z (Å) of the topmost atom among ``mask`` (all atoms when None)."""
-    z = atoms.positions[:, 2] if mask is None else atoms.positions[mask, 2]
-    return float(z.max())
-
-
 def relax_slab(
     atoms: Atoms,
     calc: Any,
@@ -278,6 +273,10 @@ def maxwell_boltzmann_velocities(
     return v
 
 
+#: the thermostats :func:`equilibrate_nvt` knows
+THERMOSTATS = ("nose-hoover", "langevin")
+
+
 def equilibrate_nvt(
     atoms: Atoms,
     calc: Any,
@@ -321,7 +320,7 @@ def equilibrate_nvt(
             fixcm=False,
         )
     else:
-        raise ConfigError(f"thermostat must be 'nose-hoover' or 'langevin', got {thermostat!r}")
+        raise ConfigError(f"thermostat must be one of {THERMOSTATS}, got {thermostat!r}")
     n_steps = int(round(duration_fs / timestep_fs))
     if progress is not None:
         dyn.attach(lambda: progress(dyn.nsteps * timestep_fs, duration_fs), interval=100)
@@ -338,4 +337,48 @@ def equilibrate_nvt(
         calculator=type(calc).__name__,
         final_temperature_K=float(atoms.get_temperature()),
     )
+    return atoms
+
+
+def prepare_slab(
+    surface: str,
+    size: tuple[int, int, int],
+    calc: Any,
+    *,
+    a_A: float,
+    c_A: float,
+    vacuum_A: float = 7.0,
+    element: str = "Be",
+    fixed_layers: int = 2,
+    relax_fmax_eV_per_A: float = 1e-3,
+    temperature_K: float = 300.0,
+    equilibration_fs: float = 2000.0,
+    equilibration_timestep_fs: float = 1.0,
+    thermostat: str = "nose-hoover",
+    seed: int = 0,
+) -> Atoms:
+    """A slab ready for impacts: built (:func:`make_slab`), relaxed with ``calc`` to
+    ``relax_fmax_eV_per_A``, then equilibrated at ``temperature_K`` for ``equilibration_fs``
+    (none when 0). Returns the atoms with positions and velocities and no calculator."""
+    atoms = make_slab(
+        surface,
+        size,
+        a_A=a_A,
+        c_A=c_A,
+        vacuum_A=vacuum_A,
+        fixed_layers=fixed_layers,
+        element=element,
+    )
+    relax_slab(atoms, calc, fmax_eV_per_A=relax_fmax_eV_per_A)
+    if equilibration_fs > 0:
+        equilibrate_nvt(
+            atoms,
+            calc,
+            temperature_K=temperature_K,
+            duration_fs=equilibration_fs,
+            timestep_fs=equilibration_timestep_fs,
+            seed=seed,
+            thermostat=thermostat,
+        )
+    atoms.calc = None
     return atoms

@@ -63,10 +63,10 @@ import torch
 from ase import Atoms
 
 from nnprefine._kalman import KALMAN_TYPES, GlobalKalmanFilter
-from nnprefine.descriptors import Descriptor, Neighbours, build_neighbours
+from nnprefine.common import atomic_path
+from nnprefine.descriptors import SCALING_MODES, Descriptor, Neighbours, build_neighbours
 from nnprefine.errors import ConfigError, DatasetError, ModelError
 from nnprefine.model import Committee, InputScaling, NNPotential
-from nnprefine.project import atomic_path
 
 __all__ = ["TrainingHistory", "TrainingSettings", "rmse", "split_frames", "train"]
 
@@ -154,6 +154,14 @@ class TrainingSettings:
             raise ConfigError(
                 f"jacobian_dtype must be one of {JACOBIAN_DTYPES}, got {self.jacobian_dtype!r}"
             )
+        if self.scaling_mode not in SCALING_MODES:
+            raise ConfigError(
+                f"scaling_mode must be one of {SCALING_MODES}, got {self.scaling_mode!r}"
+            )
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.learning_rate_min < 0:
+            raise ConfigError(f"learning_rate_min must be ≥ 0, got {self.learning_rate_min}")
         if not 0.0 <= self.kalman_force_fraction <= 1.0:
             raise ConfigError(
                 f"kalman_force_fraction must lie in [0, 1], got {self.kalman_force_fraction}"

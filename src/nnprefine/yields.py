@@ -27,6 +27,8 @@ __all__ = [
     "YieldEstimate",
     "eckstein_yield",
     "estimate_yield",
+    "eckstein_fit_skip_reason",
+    "fit_campaign",
     "fit_eckstein",
     "plot_yields",
     "reduced_energy",
@@ -282,6 +284,45 @@ def fit_eckstein(
         fixed=tuple(sorted(fixed)),
         chi2=chi2,
         dof=len(e) - len(free),
+    )
+
+
+#: the least data an Eckstein fit (free E_th and q) is attempted on: energies, energies
+#: with sputtering, sputtered atoms in all. With fewer, q and E_th are not determined.
+MIN_FIT_ENERGIES, MIN_FIT_ENERGIES_WITH_EVENTS, MIN_FIT_EVENTS = 3, 2, 5
+#: μ and λ of the paper's Be(0001) fits, held fixed when fitting a campaign
+PAPER_MU, PAPER_LAMBDA = 1.34, 2.03
+
+
+def eckstein_fit_skip_reason(estimates: Sequence[YieldEstimate]) -> str | None:
+    """Why a campaign's yields are too few to fit (None when they suffice)."""
+    with_events = [e for e in estimates if e.n_sputtered > 0]
+    events = sum(e.n_sputtered for e in estimates)
+    if (
+        len(estimates) >= MIN_FIT_ENERGIES
+        and len(with_events) >= MIN_FIT_ENERGIES_WITH_EVENTS
+        and events >= MIN_FIT_EVENTS
+    ):
+        return None
+    return (
+        f"{len(estimates)} energies, {len(with_events)} with sputtering, {events} sputtered "
+        f"atoms; a fit needs at least {MIN_FIT_ENERGIES}, {MIN_FIT_ENERGIES_WITH_EVENTS} and "
+        f"{MIN_FIT_EVENTS} (run more trajectories per energy)"
+    )
+
+
+def fit_campaign(estimates: Sequence[YieldEstimate]) -> EcksteinFit | None:
+    """Eckstein fit of a campaign's yields, μ and λ fixed at the paper's values.
+
+    None when the data are too few (:func:`eckstein_fit_skip_reason`).
+    """
+    if eckstein_fit_skip_reason(estimates) is not None:
+        return None
+    return fit_eckstein(
+        [e.energy_eV for e in estimates],
+        [e.yield_ for e in estimates],
+        [e.fit_sigma for e in estimates],
+        fixed={"mu": PAPER_MU, "lambda_": PAPER_LAMBDA},
     )
 
 

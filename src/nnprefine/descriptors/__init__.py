@@ -5,7 +5,7 @@
 - :class:`SymmetryFunctionSet`, :func:`paper_set`, :func:`make_set`: sets of functions;
 - :class:`Descriptor`: values G, forces from ∂E/∂G (with the virial) and the
   Jacobian–vector product, on ASE ``Atoms``; :class:`Neighbours` is its reusable list;
-- :class:`ScalingStats`: per-function statistics and n2p2's scaling variants.
+- :class:`InputScaling`: n2p2's input scaling of G (modes :data:`SCALING_MODES`).
 """
 
 from nnprefine.descriptors.descriptor import Descriptor
@@ -20,15 +20,16 @@ from nnprefine.descriptors.functions import (
     paper_set,
 )
 from nnprefine.descriptors.neighbours import Neighbours, build_neighbours
-from nnprefine.descriptors.scaling import ScalingStats
+from nnprefine.descriptors.scaling import SCALING_MODES, InputScaling
 
 __all__ = [
     "CUTOFF_TYPES",
+    "SCALING_MODES",
     "Descriptor",
+    "InputScaling",
     "NarrowAngularG3",
     "Neighbours",
     "RadialG2",
-    "ScalingStats",
     "SymmetryFunction",
     "SymmetryFunctionSet",
     "WideAngularG9",

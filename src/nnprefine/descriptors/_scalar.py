@@ -40,17 +40,6 @@ def cutoff_fdf(r, rc, alpha, ctype):
 
 
 @nb.njit(inline="always", **_OPTS)
-def ipow(b, n):
-    out = 1.0
-    while n > 0:
-        if n & 1:
-            out *= b
-        b *= b
-        n >>= 1
-    return out
-
-
-@nb.njit(inline="always", **_OPTS)
 def radial_factor(r, eta, rs, rc, alpha, ctype):
     """a = exp(−η(r − r_s)²)·fc(r) and da/dr (zero at and beyond rc)."""
     if r >= rc:

@@ -1,4 +1,4 @@
-"""Per-function statistics of symmetry-function values and n2p2's input scalings.
+"""n2p2's input scaling of symmetry functions: :class:`InputScaling`, the one implementation.
 
 n2p2's variants (``input.nn`` keywords), with S_min, S_max the target range:
 
@@ -12,137 +12,149 @@ scalecenter    S_min + (S_max − S_min)(G − G_mean)/(G_max − G_min) both of
 scalesigma     S_min + (S_max − S_min)(G − G_mean)/σ_G            scale_symmetry_functions_sigma
 ============== ================================================ ===========================
 
-A function that is constant over the data (G_max = G_min, or σ = 0) gets factor 0: its
-input is then the constant S_min (or 0 for ``center``), and a warning-free, finite value.
+A function that is constant over the training data is stored with G_max = G_min + 1 and
+σ = 1, so its scaled input stays finite, here and in n2p2 reading ``scaling.data``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ase.data import atomic_numbers
 
-from nnprefine.errors import DatasetError, ModelError, UnsupportedElementError
+from nnprefine.errors import ModelError
 
-__all__ = ["SCALING_MODES", "ScalingStats"]
+__all__ = ["N2P2_SCALING_KEYWORDS", "SCALING_MODES", "InputScaling"]
 
-SCALING_MODES = ("none", "scale", "center", "scalecenter", "scalesigma")
+#: ``input.nn`` keywords of each scaling mode.
+N2P2_SCALING_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "scale": ("scale_symmetry_functions",),
+    "center": ("center_symmetry_functions",),
+    "scalecenter": ("scale_symmetry_functions", "center_symmetry_functions"),
+    "scalesigma": ("scale_symmetry_functions_sigma",),
+}
+
+#: The scaling modes, see the module docstring.
+SCALING_MODES: tuple[str, ...] = tuple(N2P2_SCALING_KEYWORDS)
+
+_STAT_NAMES = ("min", "max", "mean", "sigma")
 
 
-@dataclass(frozen=True)
-class ScalingStats:
-    """min, max, mean and σ (population) of every function, per element.
+@dataclass
+class InputScaling:
+    """n2p2's symmetry-function scaling, per element, as an affine map x = a·G + c.
 
-    stats: element → (4, n_functions) float64 rows (G_min, G_max, G_mean, σ), in the units
-    of G; n_samples: element → number of atoms the statistics come from.
+    mode: one of :data:`SCALING_MODES` (formulas in the module docstring).
+    s_min, s_max: target range S_min < S_max (dimensionless; unused by ``none``, ``center``).
+    stats: element → (4, n_functions) float64 rows G_min, G_max, G_mean, σ_G (population)
+        over the training atoms of that element, in the units of G. A function constant
+        over the training set has G_max = G_min + 1 and σ_G = 1 (see :meth:`from_values`).
     """
 
-    stats: Mapping[str, np.ndarray]
-    n_samples: Mapping[str, int]
+    mode: str = "scale"
+    s_min: float = 0.0
+    s_max: float = 1.0
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in SCALING_MODES:
+            raise ModelError(f"scaling mode {self.mode!r} unknown; choose one of {SCALING_MODES}")
+        if self.mode not in ("none", "center") and not self.s_max > self.s_min:
+            raise ModelError(f"scaling needs s_max > s_min, got {self.s_min}, {self.s_max}")
+        self.stats = {el: np.asarray(s, dtype=np.float64) for el, s in self.stats.items()}
 
     @classmethod
-    def from_values(cls, G_per_element: Mapping[str, np.ndarray]) -> ScalingStats:
-        """Statistics from values: element → (n_atoms, n_functions) float64 array of G."""
-        stats, counts = {}, {}
-        for el, G in G_per_element.items():
-            a = np.asarray(G, dtype=np.float64)
-            if a.ndim != 2 or a.shape[0] == 0:
-                raise DatasetError(
-                    f"values of {el} must be a non-empty (n_atoms, n_functions) array, got "
-                    f"shape {a.shape}"
-                )
-            if not np.isfinite(a).all():
-                raise DatasetError(f"values of {el} hold NaN or infinite entries")
-            stats[el] = np.stack([a.min(0), a.max(0), a.mean(0), a.std(0)])
-            counts[el] = int(a.shape[0])
-        return cls(stats, counts)
-
-    @property
-    def elements(self) -> tuple[str, ...]:
-        return tuple(sorted(self.stats, key=lambda e: atomic_numbers.get(e, 0)))
-
-    def _row(self, element: str) -> np.ndarray:
-        try:
-            return self.stats[element]
-        except KeyError:
-            raise UnsupportedElementError(
-                f"no scaling statistics for {element!r}; they cover {list(self.elements)}"
-            ) from None
-
-    def affine(
-        self, element: str, mode: str = "scalecenter", s_min: float = 0.0, s_max: float = 1.0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(a, c), each (n_functions,) float64, with scaled x = a·G + c.
-
-        ``a`` is also the derivative factor ∂x/∂G for the chain rule.
-        """
-        if mode not in SCALING_MODES:
-            raise ModelError(f"scaling mode {mode!r} unknown; choose one of {SCALING_MODES}")
-        if mode in ("scale", "scalecenter", "scalesigma") and not s_max > s_min:
-            raise ModelError(f"scaling needs s_max > s_min, got {s_min}, {s_max}")
-        g_min, g_max, g_mean, sigma = self._row(element)
-        one = np.ones_like(g_min)
-        if mode == "none":
-            return one, np.zeros_like(g_min)
-        if mode == "center":
-            return one, -g_mean
-        width = sigma if mode == "scalesigma" else g_max - g_min
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a = np.where(width > 0.0, (s_max - s_min) / width, 0.0)
-        shift = g_min if mode == "scale" else g_mean
-        return a, s_min - a * shift
-
-    def scale(
-        self,
-        element: str,
-        G: np.ndarray,
-        mode: str = "scalecenter",
+    def from_values(
+        cls,
+        values_by_element: Mapping[str, np.ndarray],
+        mode: str = "scale",
         s_min: float = 0.0,
         s_max: float = 1.0,
-    ) -> np.ndarray:
-        """Scaled inputs x = a·G + c; G: (..., n_functions) float64 of ``element``."""
-        a, c = self.affine(element, mode, s_min, s_max)
-        return np.asarray(G, dtype=np.float64) * a + c
+    ) -> InputScaling:
+        """Statistics from G: element → (n_atoms_el, n_functions_el) float64 array."""
+        stats = {}
+        for el, rows in values_by_element.items():
+            rows = np.asarray(rows, dtype=np.float64)
+            if rows.ndim != 2 or rows.shape[0] == 0:
+                raise ModelError(
+                    f"no symmetry-function values for {el}: the training set has no {el} atoms"
+                )
+            if not np.isfinite(rows).all():
+                raise ModelError(f"the symmetry-function values of {el} hold NaN or infinities")
+            g_min, g_max = rows.min(axis=0), rows.max(axis=0)
+            g_sigma = rows.std(axis=0)
+            flat = g_max - g_min <= 1e-12 * np.maximum(1.0, np.abs(g_max))
+            g_max = np.where(flat, g_min + 1.0, g_max)
+            g_sigma = np.where(g_sigma > 0, g_sigma, 1.0)
+            stats[el] = np.stack([g_min, g_max, rows.mean(axis=0), g_sigma])
+        return cls(mode=mode, s_min=s_min, s_max=s_max, stats=stats)
+
+    def affine(self, element: str, n_functions: int) -> tuple[np.ndarray, np.ndarray]:
+        """(a, c), each (n_functions,) float64, with x = a·G + c for ``element``.
+
+        ``a`` is also ∂x/∂G, the factor of the chain rule for forces.
+        """
+        if self.mode == "none":
+            return np.ones(n_functions), np.zeros(n_functions)
+        if element not in self.stats:
+            raise ModelError(f"no scaling statistics for {element}; fit the scaling first")
+        g_min, g_max, g_mean, g_sigma = self.stats[element]
+        if g_min.shape[0] != n_functions:
+            raise ModelError(
+                f"scaling of {element} has {g_min.shape[0]} functions, the set has {n_functions}"
+            )
+        span = self.s_max - self.s_min
+        if self.mode == "scale":
+            a = span / (g_max - g_min)
+            return a, self.s_min - a * g_min
+        if self.mode == "center":
+            return np.ones(n_functions), -g_mean
+        a = span / (g_max - g_min) if self.mode == "scalecenter" else span / g_sigma
+        return a, self.s_min - a * g_mean
+
+    def scaling_data_lines(
+        self, elements: Sequence[str], order: Mapping[str, Sequence[int]]
+    ) -> list[str]:
+        """The lines of n2p2's ``scaling.data``, a header comment first.
+
+        Rows are ``e_index sf_index G_min G_max G_mean σ_G``: element ``elements[e − 1]``
+        (n2p2 lists them by atomic number), its function ``order[el][k − 1]`` as
+        sf_index k. An element without statistics (mode ``none``) gets rows 0 1 0 1.
+        """
+        lines = [
+            "# Symmetry function scaling data (nnprefine); columns: e_index sf_index "
+            "sf_min sf_max sf_mean sf_sigma"
+        ]
+        for e_index, el in enumerate(elements, start=1):
+            n = len(order[el])
+            stats = self.stats.get(el)
+            if stats is None:
+                stats = np.stack([np.zeros(n), np.ones(n), np.zeros(n), np.ones(n)])
+            for k, src in enumerate(order[el], start=1):
+                g = stats[:, src]
+                lines.append(f"{e_index:10d} {k:10d} " + " ".join(f"{v:24.16E}" for v in g))
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (lists of floats)."""
+        """JSON-ready description (the ``scaling`` entry of a saved model)."""
         return {
-            "format": "nnprefine.ScalingStats/1",
-            "stats": {el: np.asarray(v).tolist() for el, v in self.stats.items()},
-            "n_samples": dict(self.n_samples),
+            "mode": self.mode,
+            "s_min": self.s_min,
+            "s_max": self.s_max,
+            "stats": {
+                el: {k: s[i].tolist() for i, k in enumerate(_STAT_NAMES)}
+                for el, s in self.stats.items()
+            },
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ScalingStats:
+    def from_dict(cls, d: Mapping[str, Any]) -> InputScaling:
         """Inverse of :meth:`to_dict`."""
-        if d.get("format") != "nnprefine.ScalingStats/1":
-            raise ModelError(f"not a ScalingStats description (format {d.get('format')!r})")
-        stats = {el: np.asarray(v, dtype=np.float64) for el, v in d["stats"].items()}
-        for el, v in stats.items():
-            if v.ndim != 2 or v.shape[0] != 4:
-                raise ModelError(f"scaling statistics of {el} must be 4 rows, got {v.shape}")
-        return cls(stats, {el: int(n) for el, n in d.get("n_samples", {}).items()})
-
-    def to_scaling_data_lines(
-        self,
-        elements: Sequence[str] | None = None,
-        order: Mapping[str, Sequence[int]] | None = None,
-    ) -> list[str]:
-        """Rows of n2p2's ``scaling.data``: ``e_index sf_index G_min G_max G_mean σ``.
-
-        Elements are numbered from 1 in order of atomic number (or of ``elements``),
-        functions from 1; ``order[el]`` optionally permutes the functions (n2p2 sorts
-        them, see ``nnprefine.n2p2``), so row k is the set's function ``order[el][k]``.
-        """
-        els = list(elements) if elements is not None else list(self.elements)
-        lines = []
-        for ne, el in enumerate(els, start=1):
-            rows = self._row(el)
-            perm = list(order[el]) if order and el in order else range(rows.shape[1])
-            for nf, k in enumerate(perm, start=1):
-                g = rows[:, k]
-                lines.append(f"{ne:4d} {nf:4d} {g[0]: .17e} {g[1]: .17e} {g[2]: .17e} {g[3]: .17e}")
-        return lines
+        stats = {
+            el: np.array([s[k] for k in _STAT_NAMES], dtype=np.float64)
+            for el, s in d.get("stats", {}).items()
+        }
+        return cls(mode=d["mode"], s_min=float(d["s_min"]), s_max=float(d["s_max"]), stats=stats)

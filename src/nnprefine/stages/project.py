@@ -22,7 +22,6 @@ between the two re-runs one task, whose labels the store recognises as duplicate
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,50 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from nnprefine import __version__
+from nnprefine.common import derive_seed, json_default, write_json
 from nnprefine.config import Config, config_to_dict
 
-__all__ = ["Project", "atomic_path", "derive_seed", "json_default"]
-
-
-def derive_seed(master: int, *names: object) -> int:
-    """A seed for one task, derived deterministically from the master seed and its names."""
-    text = json.dumps([int(master), *[str(n) for n in names]])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends.
-
-    Readers never see a half-written file: if the block raises, the old file (or none) stays
-    and the temporary is removed. The temporary keeps ``path``'s suffix, so writers that
-    choose a format by suffix (``ase.io.write``, ``np.savez``) work unchanged.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, default=json_default) + "\n")
-
-
-def json_default(obj: Any) -> Any:
-    """``json.dumps`` fallback for numpy scalars and arrays and paths (else TypeError)."""
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+__all__ = ["Project"]
 
 
 class Project:
@@ -135,13 +94,10 @@ class Project:
         return json.loads(path.read_text()) if path.exists() else None
 
     def record_stage(self, name: str, result: dict[str, Any]) -> None:
-        _write_json(
+        write_json(
             self.dir / "stages" / f"{name}.json",
             {"stage": name, "nnprefine_version": __version__, **result},
         )
-
-    def write_json(self, path: Path, data: Any) -> None:
-        _write_json(path, data)
 
     # -- task logs -----------------------------------------------------------------------
     def _task_log(self, stage: str) -> Path:
@@ -173,9 +129,7 @@ class Project:
     def executor(self) -> Iterator[Any]:
         from nnprefine import parallel
 
-        spec = self.config.executor.spec()
-        make = getattr(parallel, "make_executor", None)
-        ex = make(spec) if make is not None else parallel.InProcessExecutor()
+        ex = parallel.make_executor(self.config.executor.spec())
         try:
             yield ex
         finally:
@@ -206,4 +160,4 @@ class Project:
                     f"config sections changed since the last run: {', '.join(changed)}; finished "
                     "stages keep their results (delete their records under stages/ to redo them)"
                 )
-        _write_json(path, new)
+        write_json(path, new)

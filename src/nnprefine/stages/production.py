@@ -1,0 +1,94 @@
+"""Stage ``sputter``: production impact campaigns with member 1 of the final committee.
+
+Every ``[[production]]`` table is one campaign of model-driven impacts and, optionally, a
+reference-driven check at a few energies. Each trajectory is stored in ``results.db`` as
+it finishes (:func:`nnprefine.sputter.run_campaign`); re-running skips stored ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from nnprefine.reference import cached_reference
+from nnprefine.stages.initial_data import prepared_slab
+from nnprefine.stages.project import Project
+from nnprefine.stages.training import train_final
+
+__all__ = ["campaigns", "sputter"]
+
+
+def campaigns(project: Project) -> list[dict[str, Any]]:
+    """Every campaign the config asks for: index, production section, driver, energies,
+    trajectories per energy and the label its trajectories are stored under."""
+    out = []
+    for i, prod in enumerate(project.config.production):
+        runs = [("model", prod.energies_eV, prod.trajectories_per_energy)]
+        if prod.reference_energies_eV and prod.reference_trajectories:
+            runs.append(("reference", prod.reference_energies_eV, prod.reference_trajectories))
+        for driver, energies, n in runs:
+            if energies and n:
+                out.append(
+                    {
+                        "index": i,
+                        "production": prod,
+                        "driver": driver,
+                        "energies_eV": energies,
+                        "trajectories": n,
+                        "label": f"{prod.slab.label}/{driver}",
+                    }
+                )
+    return out
+
+
+def sputter(project: Project) -> dict[str, Any]:
+    """Production campaigns with member 1 of the final committee, and reference checks.
+
+    Returns the energies (eV) done per campaign label.
+    """
+    from nnprefine.calculators import NNPCalculator
+    from nnprefine.model import Committee
+    from nnprefine.sputter import run_campaign
+
+    cfg = project.config
+    train_final(project)
+    member = Committee.load(project.model_dir("final")).members[0]
+    estimates = {}
+    for c in campaigns(project):
+        prod = c["production"]
+        if cfg.structures.production_slab_driver == "model":
+            slab = prepared_slab(project, prod.slab, calc=NNPCalculator(member), tag="-model")
+        else:
+            slab = prepared_slab(project, prod.slab)
+        model_driven = c["driver"] == "model"
+        if model_driven:
+            calc, r_cut = NNPCalculator(member), member.r_cut_A
+        else:
+            calc = cached_reference(cfg.reference.spec())
+            r_cut = float(getattr(calc, "r_cut_A", cfg.descriptor.r_cut_A))
+        project.say(
+            f"production {c['label']}: {len(c['energies_eV'])} energies × "
+            f"{c['trajectories']} trajectories"
+        )
+        with project.executor() as executor:
+            estimates[c["label"]] = run_campaign(
+                project.results_db,
+                slab,
+                calc,
+                surface=c["label"],
+                energies_eV=c["energies_eV"],
+                n_trajectories=c["trajectories"],
+                campaign_seed=project.seed("production", c["label"]),
+                settings=dataclasses.replace(prod.impact, r_cut_A=r_cut),
+                executor=executor,
+                driver=c["driver"],
+                # sequential stopping applies to the model's campaign, not the reference check
+                target_error=prod.target_error if model_driven else None,
+                n_max=prod.max_trajectories_per_energy if model_driven else None,
+            )
+        for est in estimates[c["label"]]:
+            project.say(
+                f"  {est.energy_eV:g} eV: yield {est.yield_:.3f} ± {est.error:.3f} (N = {est.n}), "
+                f"reflected {est.reflection:.3f}"
+            )
+    return {label: [e.energy_eV for e in est] for label, est in estimates.items()}

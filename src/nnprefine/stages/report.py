@@ -1,0 +1,211 @@
+"""Stage ``report``: ``summary.json``, the figures and ``report.html`` from what the stages
+recorded (stage records, iteration summaries, ``data.db``, ``results.db``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnprefine import __version__
+from nnprefine.stages.production import campaigns
+from nnprefine.stages.project import Project
+
+__all__ = ["report", "summary"]
+
+
+def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of ``summary.json``'s ``yields`` and Eckstein fits, from ``results.db``."""
+    from nnprefine.errors import NnprefineError
+    from nnprefine.sputter import ResultsDB
+    from nnprefine.yields import eckstein_fit_skip_reason, fit_campaign
+
+    rows, fits = [], []
+    with ResultsDB(project.results_db) as db:
+        for c in campaigns(project):
+            surface = c["production"].slab.label
+            ests = [e for e in db.yields(c["label"]) if e.n > 0]
+            for e in ests:
+                traj = db.rows(c["label"], e.energy_eV)
+                rows.append(
+                    {
+                        "surface": surface,
+                        "energy_eV": e.energy_eV,
+                        "driver": c["driver"],
+                        "trajectories": e.n,
+                        "sputtered": e.n_sputtered,
+                        "yield": e.yield_,
+                        "error_2sigma": e.error,
+                        "wilson_low": e.wilson_low,
+                        "wilson_high": e.wilson_high,
+                        "reflected": e.reflection,
+                        "undecided": e.n_undecided,
+                        "unphysical": e.n_unphysical,
+                        "core_seconds_per_trajectory": sum(r["core_s"] for r in traj)
+                        / max(len(traj), 1),
+                    }
+                )
+            if c["driver"] != "model":
+                continue
+            skip = eckstein_fit_skip_reason(ests)
+            if skip is not None:
+                project.say(f"Eckstein fit of {c['label']} skipped: {skip}")
+                continue
+            try:
+                fit = fit_campaign(ests)
+            except (NnprefineError, RuntimeError, ValueError) as exc:
+                project.say(f"Eckstein fit of {c['label']} failed: {exc}")
+                continue
+            fits.append(
+                {
+                    "surface": surface,
+                    **fit.params,
+                    **{f"{k}_error": v for k, v in fit.errors.items() if k not in fit.fixed},
+                    "fixed": ", ".join(fit.fixed),
+                    "chi2": fit.chi2,
+                    "dof": fit.dof,
+                }
+            )
+    return rows, fits
+
+
+def _yield_plot(project: Project, path: Path) -> Any:
+    """The first model campaign's yields with its fit (None when there is nothing to plot)."""
+    from nnprefine.sputter import ResultsDB
+    from nnprefine.yields import fit_campaign, plot_yields
+
+    model_runs = [c for c in campaigns(project) if c["driver"] == "model"]
+    if not model_runs:
+        return None
+    c = model_runs[0]
+    with ResultsDB(project.results_db) as db:
+        ests = [e for e in db.yields(c["label"]) if e.n > 0]
+    if not ests:
+        return None
+    try:
+        fit = fit_campaign(ests)
+    except Exception:  # a failed fit is reported in the summary; the plot shows the points
+        fit = None
+    surface = c["production"].slab.label
+    return plot_yields(
+        path,
+        ests,
+        fit,
+        label=f"this work ({surface}, NNP)",
+        title=f"{project.config.project.element} self-sputtering, {surface}",
+    )
+
+
+def _dataset_growth(project: Project) -> list[dict[str, int]]:
+    """Cumulative train and test frames after each iteration."""
+    counts: dict[int, dict[str, int]] = {}
+    if project.data_db.exists():
+        with project.store() as store:
+            counts = store.counts_per_iteration()
+    cumulative = {"train": 0, "test": 0}
+    growth = []
+    for k in sorted(counts):
+        cumulative["train"] += counts[k].get("train", 0)
+        cumulative["test"] += counts[k].get("test", 0)
+        growth.append(
+            {"iteration": k, "train_frames": cumulative["train"], "test_frames": cumulative["test"]}
+        )
+    return growth
+
+
+def summary(project: Project) -> dict[str, Any]:
+    """What ``summary.json`` holds: iterations, dataset growth, final model, lattice, yields."""
+    cfg = project.config
+    out: dict[str, Any] = {
+        "project": cfg.project.name,
+        "code_version": __version__,
+        "reference": cfg.reference.spec(),
+        "iterations": [],
+        "lattice": {},
+        "yields": [],
+        "dataset_growth": _dataset_growth(project),
+    }
+    init_rec = project.stage_record("initial_data")
+    if init_rec:
+        out["initial_frames"] = init_rec["frames"]
+    for path in sorted((project.dir / "refine").glob("iter-*/summary.json")):
+        out["iterations"].append(json.loads(path.read_text()))
+    rec = project.stage_record("refine")
+    if rec:
+        out["refine_stop_reason"] = rec["stop_reason"]
+    final = project.stage_record("final_model")
+    if final:
+        out["lattice"] = final["lattice"]
+        out["final_model"] = {
+            "train_frames": final["train_frames"],
+            "test_frames": final["test_frames"],
+            **{
+                key: final[key][0]
+                for key in (
+                    "train_rmse_energy_mev_per_atom",
+                    "test_rmse_energy_mev_per_atom",
+                    "train_rmse_force_mev_per_A",
+                    "test_rmse_force_mev_per_A",
+                )
+            },
+        }
+    if project.results_db.exists():
+        out["yields"], out["eckstein_fits"] = _yield_rows(project)
+    return out
+
+
+def _disagreement_plots(project: Project, iterations: list[dict[str, Any]]) -> list[Any]:
+    from nnprefine import report as rp
+
+    plots = []
+    for it in iterations:
+        k = it["iteration"]
+        path = project.iteration_dir(k) / "disagreement.npz"
+        if path.exists():
+            d = np.load(path)
+            plots.append(
+                rp.plot_disagreement(
+                    d["energy_eV_per_atom"],
+                    d["force_eV_per_A"],
+                    d["selected"],
+                    float(d["energy_threshold_eV_per_atom"]),
+                    float(d["force_threshold_eV_per_A"]),
+                    project.figures_dir / f"disagreement_iter{k:03d}.png",
+                    title=f"iteration {k} ({it.get('surface', '')})",
+                )
+            )
+    return plots
+
+
+def report(project: Project) -> dict[str, Any]:
+    """Write figures, ``summary.json`` and ``report.html`` from what the stages produced."""
+    from nnprefine import report as rp
+
+    out = summary(project)
+    figs = project.figures_dir
+    figures: dict[str, Any] = {}
+    if out["dataset_growth"]:
+        figures["dataset_growth"] = rp.plot_dataset_growth(
+            out["dataset_growth"], figs / "dataset_growth.png"
+        )
+    if out["iterations"]:
+        figures["convergence"] = rp.plot_convergence(out["iterations"], figs / "convergence.png")
+        figures["disagreement"] = _disagreement_plots(project, out["iterations"])
+    parity_path = project.model_dir("final") / "parity.npz"
+    if parity_path.exists():
+        d = np.load(parity_path)
+        parity = {
+            s: {k: d[f"{s}_{k}"] for k in ("energy_ref", "energy_nnp", "force_ref", "force_nnp")}
+            for s in ("train", "test")
+        }
+        figures["parity"] = rp.plot_parity(parity, figs / "parity.png")
+    if out["yields"]:
+        plot = _yield_plot(project, figs / "yields.png")
+        if plot is not None:
+            figures["yields"] = plot
+    rp.write_summary(out, project.dir / "summary.json")
+    rp.write_html(project.dir / "report.html", out, figures)
+    return out

@@ -1,0 +1,179 @@
+"""Stage ``train``: committees trained on the store's frames, and the final model's checks.
+
+- :func:`train_committee` trains (or, when already trained, loads) the committee
+  ``models/<name>`` on the frames of iterations ≤ ``max_iteration``; refinement calls it
+  once per iteration.
+- :func:`train_final` trains the final committee on all data and compares it with the
+  reference: parity data, hcp lattice constants, slab energy per atom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from nnprefine.reference import cached_reference
+from nnprefine.stages.initial_data import lattice, prepared_slab
+from nnprefine.stages.project import Project
+
+__all__ = ["new_committee", "train_committee", "train_final"]
+
+
+def new_committee(project: Project) -> Any:
+    """An untrained committee of the config's descriptor and networks."""
+    from nnprefine.model import Committee, ZBLBaseline
+
+    cfg = project.config
+    net = cfg.network
+    return Committee.create(
+        cfg.descriptor.symmetry_functions(cfg.project.element),
+        n_members=net.committee_size,
+        hidden=net.hidden,
+        activation=net.activation,
+        seed=project.seed("committee"),
+        baseline=ZBLBaseline(net.zbl_inner_A, net.zbl_outer_A) if net.zbl_baseline else None,
+    )
+
+
+def train_committee(
+    project: Project,
+    name: str,
+    max_iteration: int | None = None,
+    warm_start_from: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train the committee ``models/<name>`` on the store's frames (of iterations ≤ max_iteration).
+
+    ``warm_start_from`` names a trained committee to continue from (when
+    ``training.warm_start`` allows it and it exists). Returns the committee and its record
+    (RMSE per member, frames, seconds). When the model directory and its record exist,
+    they are loaded instead (resume).
+    """
+    from nnprefine.model import Committee
+    from nnprefine.training import rmse, train
+
+    cfg = project.config
+    directory = project.model_dir(name)
+    rec = project.stage_record(f"train-{name}")
+    if rec is not None and directory.exists():
+        return Committee.load(directory), rec
+    with project.store() as store:
+        train_frames = store.frames(split="train", max_iteration=max_iteration)
+        test_frames = store.frames(split="test", max_iteration=max_iteration)
+    warm = (
+        cfg.training.warm_start
+        and warm_start_from is not None
+        and project.model_dir(warm_start_from).exists()
+    )
+    committee = (
+        Committee.load(project.model_dir(warm_start_from)) if warm else new_committee(project)
+    )
+    settings = dataclasses.replace(
+        cfg.training.settings, seed=project.seed("train", name), warm_start=warm
+    )
+    project.say(
+        f"training committee '{name}': {len(train_frames)} train / {len(test_frames)} test frames"
+    )
+    t0 = time.perf_counter()
+    train(committee, train_frames, test_frames, settings, log_dir=project.dir / "training" / name)
+    seconds = time.perf_counter() - t0
+    train_err = rmse(committee, train_frames)
+    test_err = (
+        rmse(committee, test_frames)
+        if test_frames
+        else {"energy_meV_per_atom": [math.nan], "force_meV_per_A": [math.nan]}
+    )
+    committee.save(directory)
+    rec = {
+        "name": name,
+        "train_frames": len(train_frames),
+        "test_frames": len(test_frames),
+        "seconds": seconds,
+        "train_rmse_energy_mev_per_atom": train_err["energy_meV_per_atom"],
+        "train_rmse_force_mev_per_A": train_err["force_meV_per_A"],
+        "test_rmse_energy_mev_per_atom": test_err["energy_meV_per_atom"],
+        "test_rmse_force_mev_per_A": test_err["force_meV_per_A"],
+    }
+    project.record_stage(f"train-{name}", rec)
+    project.say(
+        f"  trained in {seconds:.0f} s; member 1 test RMSE "
+        f"{rec['test_rmse_energy_mev_per_atom'][0]:.2f} meV/atom, "
+        f"{rec['test_rmse_force_mev_per_A'][0]:.0f} meV/Å"
+    )
+    return committee, rec
+
+
+def _parity(member: Any, frames: list[Any]) -> dict[str, np.ndarray]:
+    """Reference and model energies per atom (eV) and force components (eV/Å) of ``frames``."""
+    e_ref, e_nnp, f_ref, f_nnp = [], [], [], []
+    for atoms in frames:
+        n = len(atoms)
+        e_ref.append(atoms.get_potential_energy() / n)
+        f_ref.append(atoms.get_forces().ravel())
+        e, f = member.energy_forces(atoms)
+        e_nnp.append(e / n)
+        f_nnp.append(np.asarray(f).ravel())
+    return {
+        "energy_ref": np.array(e_ref),
+        "energy_nnp": np.array(e_nnp),
+        "force_ref": np.concatenate(f_ref) if f_ref else np.zeros(0),
+        "force_nnp": np.concatenate(f_nnp) if f_nnp else np.zeros(0),
+    }
+
+
+def train_final(project: Project) -> dict[str, Any]:
+    """Train the final committee on all data; parity data, lattice and slab energy vs reference."""
+    rec = project.stage_record("final_model")
+    if rec is not None:
+        return rec
+    from nnprefine.calculators import NNPCalculator
+    from nnprefine.structures import relax_hcp
+
+    cfg = project.config
+    refine_rec = project.stage_record("refine")
+    k = len(refine_rec["iterations"]) if refine_rec else 0
+    committee, train_rec = train_committee(
+        project, "final", warm_start_from=f"iter-{k:03d}" if k else None
+    )
+    member = committee.members[0]
+    with project.store() as store:
+        parity = {split: _parity(member, store.frames(split=split)) for split in ("train", "test")}
+    np.savez_compressed(
+        project.model_dir("final") / "parity.npz",
+        **{f"{s}_{key}": v for s, d in parity.items() for key, v in d.items()},
+    )
+    ref_lat = lattice(project)
+    nnp_lat = relax_hcp(
+        NNPCalculator(member), element=cfg.project.element, a_A=ref_lat["a_A"], c_A=ref_lat["c_A"]
+    )
+    slab = prepared_slab(project, cfg.initial_data.slab)
+    slab.calc = cached_reference(cfg.reference.spec())
+    slab_ref = slab.get_potential_energy() / len(slab)
+    slab.calc = NNPCalculator(member)
+    slab_nnp = slab.get_potential_energy() / len(slab)
+    rec = {
+        **train_rec,
+        "lattice": {
+            "model": {
+                "a": nnp_lat["a_A"],
+                "c": nnp_lat["c_A"],
+                "energy_eV_per_atom": nnp_lat["energy_eV_per_atom"],
+                "slab_energy_eV_per_atom": slab_nnp,
+            },
+            "reference": {
+                "a": ref_lat["a_A"],
+                "c": ref_lat["c_A"],
+                "energy_eV_per_atom": ref_lat["energy_eV_per_atom"],
+                "slab_energy_eV_per_atom": slab_ref,
+            },
+        },
+    }
+    project.record_stage("final_model", rec)
+    project.say(
+        f"final model: a = {nnp_lat['a_A']:.4f} Å (reference {ref_lat['a_A']:.4f}), "
+        f"c = {nnp_lat['c_A']:.4f} Å (reference {ref_lat['c_A']:.4f})"
+    )
+    return rec
