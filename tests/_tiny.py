@@ -107,6 +107,11 @@ def tiny_config_text(output_dir: Path, reference: str = "", **sections: str) -> 
             "energies_eV = [50.0]\nruns_per_energy = 1\ntimestep_fs = 0.5\nduration_fs = 10.0\n"
             "snapshots_per_run = 6\nthermal_frames = 6\nthermal_interval_fs = 2.0"
         ),
+        "validation": (
+            "impact_energies_eV = [50.0]\nimpact_runs_per_energy = 1\nimpact_snapshots_per_run = 3\n"
+            "impact_duration_fs = 10.0\nhot_temperatures_K = [2000.0]\n"
+            "hot_snapshots_per_temperature = 2\nhot_duration_fs = 6.0\nbulk_strains = [0.0, 0.01]"
+        ),
         "refine": (
             "max_iterations = 2\nexploration_energies_eV = [50.0]\nexploration_runs_per_energy = 1\n"
             "exploration_duration_fs = 6.0\nexploration_timestep_fs = 0.5\nframe_interval_fs = 0.5\n"

@@ -491,7 +491,7 @@ def test_bad_store_arguments_and_files(tmp_path):
         FrameStore(garbage)
     store = FrameStore(tmp_path / "ok.sqlite")
     with pytest.raises(DatasetError, match="split must be"):
-        store.frames(split="validation")
+        store.frames(split="holdout")
     with pytest.raises(DatasetError, match="counts"):
         store.counts("energy")
     with pytest.raises(DatasetError, match="not a content hash"):
@@ -683,3 +683,43 @@ def test_any_float64_survives_both_formats(tmp_path_factory, positions, forces, 
     write_extxyz(folder / "frames.xyz", [atoms])
     _same_frame(atoms, read_n2p2_data(folder / "input.data")[0])
     _same_frame(atoms, read_extxyz(folder / "frames.xyz")[0])
+
+
+def test_validation_frames_form_their_own_split(store):
+    store.add_many([_tiny(k) for k in range(40)], origin="initial", reference=REFERENCE)
+    ids = store.add_many(
+        [_tiny(100 + k) for k in range(30)], origin="validation", reference=REFERENCE
+    )
+    assert all(i is not None for i in ids)
+    trained_on = store.frames(split="train") + store.frames(split="test")
+    assert len(trained_on) == 40
+    assert all(f.info["origin"] != "validation" for f in trained_on)
+    validation = store.frames(split="validation")
+    assert len(validation) == 30 and {f.info["split"] for f in validation} == {"validation"}
+    assert store.counts_per_iteration()[0]["total"] == 40
+
+
+def test_a_schema_1_store_migrates_and_keeps_its_frames(tmp_path):
+    path = tmp_path / "old.db"
+    with FrameStore(path) as store:
+        store.add_many([_tiny(k) for k in range(12)], origin="initial", reference=REFERENCE)
+        before = [(f.info["frame_id"], f.info["split"]) for f in store.frames()]
+    # turn it back into a schema-1 store: the old CHECK allows only train and test
+    with closing(sqlite3.connect(path)) as conn:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0]
+        conn.execute("ALTER TABLE frames RENAME TO f2")
+        conn.execute(sql.replace("'train', 'test', 'validation'", "'train', 'test'"))
+        conn.execute("INSERT INTO frames SELECT * FROM f2")
+        conn.execute("DROP TABLE f2")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.commit()
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("UPDATE frames SET split = 'validation' WHERE id = 1")
+    with FrameStore(path) as store:
+        assert [(f.info["frame_id"], f.info["split"]) for f in store.frames()] == before
+        store.add(_tiny(99), origin="validation", reference=REFERENCE)
+        assert store.count(split="validation") == 1
+    with closing(sqlite3.connect(path)) as conn:
+        assert dict(conn.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"frames_iteration", "frames_origin", "frames_split"} <= indexes

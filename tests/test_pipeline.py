@@ -96,18 +96,34 @@ def test_run_writes_report_and_summary_with_every_section(finished):
         assert y["error_2sigma"] >= 0 and 0 <= y["reflected"] <= 1
     # The data set holds exactly what the iterations say they added.
     with closing(sqlite3.connect(out / "data.db")) as con, con:
-        per_iteration = dict(con.execute("SELECT iteration, COUNT(*) FROM frames GROUP BY 1"))
+        per_iteration = dict(
+            con.execute(
+                "SELECT iteration, COUNT(*) FROM frames WHERE origin != 'validation' GROUP BY 1"
+            )
+        )
+        origins = dict(con.execute("SELECT origin, COUNT(*) FROM frames GROUP BY 1"))
+    # every reference trajectory of the initial data and of the validation set ran
+    for log in ("initial_data", "validation"):
+        rows = [json.loads(x) for x in (out / "tasks" / f"{log}.jsonl").read_text().splitlines()]
+        assert rows and not [r for r in rows if "failed" in r], log
+    # the validation set: 3 impact + 2 hot-slab snapshots, the production slab, 2 bulk cells
+    assert origins["validation"] == summary["validation"]["all"]["frames"] == 8
+    assert set(summary["validation"]["groups"]) == {"impact", "hot_slab", "production_slab", "bulk"}
+    verdict = summary["validation"]["verdict"]
+    assert verdict["ok"] is False and "misses" in verdict["line"]  # 4 epochs of a 6-node net
     assert per_iteration[0] == summary["initial_frames"]
     for it in summary["iterations"]:
         assert per_iteration.get(it["iteration"], 0) == it["frames_labelled"]
 
     html = (out / "report.html").read_text()
     figures = ["dataset_growth", "convergence", "disagreement_iter001", "parity", "yields"]
+    figures.append("validation_error_vs_disagreement")
     for name in figures:
         assert (out / "figures" / f"{name}.png").stat().st_size > 5000, name
     # Figures are embedded, so the page opens offline and alone.
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) >= len(figures)
-    for heading in ("Refinement", "Parity", "Lattice", "Sputtering yield"):
+    assert "class='verdict-missed'" in html
+    for heading in ("Refinement", "Validation", "Parity", "Lattice", "Sputtering yield"):
         assert heading.lower() in html.lower(), heading
 
 
@@ -249,3 +265,26 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
         raise RuntimeError("killed mid-write")
     assert path.read_text() == "first"
     assert sorted(p.name for p in path.parent.iterdir()) == ["slab.traj"]
+
+
+def test_validation_frames_never_reach_training_or_early_stopping(finished, monkeypatch):
+    import nnprefine.training
+    from nnprefine.config import load_config
+    from nnprefine.stages import Project, train_committee
+
+    seen = {}
+
+    def spy(model, train_frames, test_frames, settings, log_dir=None):
+        seen["train"], seen["test"] = list(train_frames), list(test_frames)
+        raise KeyboardInterrupt  # stop here: the frames are what this test is about
+
+    monkeypatch.setattr(nnprefine.training, "train", spy)
+    project = Project(load_config(finished / "tiny.toml"))
+    with pytest.raises(KeyboardInterrupt):
+        train_committee(project, "spy")
+    with project.store() as store:
+        n_validation = store.count(split="validation")
+    assert n_validation > 0
+    assert seen["train"] and seen["test"]
+    for frame in seen["train"] + seen["test"]:
+        assert frame.info["origin"] != "validation" and frame.info["split"] != "validation"

@@ -348,3 +348,24 @@ def test_late_energy_weight_changes_training_only_after_its_start(sfset, frames)
     la, lb = [r["test_loss"] for r in a.rows], [r["test_loss"] for r in b.rows]
     np.testing.assert_allclose(la[:2], lb[:2], rtol=1e-12)
     assert abs(la[3] - lb[3]) > 1e-6 * la[3]
+
+
+def test_bootstrap_members_see_different_frames_and_member_one_sees_all():
+    from nnprefine.training import member_frame_indices
+
+    s = TrainingSettings(seed=5)
+    n = 200
+    first = member_frame_indices(n, 0, s)
+    np.testing.assert_array_equal(first, np.arange(n))
+    second, third = member_frame_indices(n, 1, s), member_frame_indices(n, 2, s)
+    assert len(second) == len(third) == n
+    # a bootstrap resample holds about 1 − 1/e ≈ 63 % of the frames
+    for idx in (second, third):
+        assert 0.55 < len(np.unique(idx)) / n < 0.71
+    assert not np.array_equal(second, third)
+    # reproducible from the seed, and every member the same with member_frames = "all"
+    np.testing.assert_array_equal(second, member_frame_indices(n, 1, TrainingSettings(seed=5)))
+    every = TrainingSettings(seed=5, member_frames="all")
+    np.testing.assert_array_equal(member_frame_indices(n, 2, every), np.arange(n))
+    with pytest.raises(ConfigError, match="member_frames"):
+        TrainingSettings(member_frames="jackknife")

@@ -68,6 +68,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from nnprefine.stages.validation import say_validation, validate
+
+    project = _project(args)
+    out = validate(project, args.model)
+    say_validation(project, out)
+    print(f"figures: {project.model_dir(args.model) / 'validation.json'}")
+    return 0 if out["verdict"]["ok"] else 3
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from nnprefine.model import Committee
     from nnprefine.n2p2 import write_n2p2
@@ -89,7 +99,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 _STAGE_HELP = {
     "run": "run every stage in order (resumes where a previous run stopped)",
-    "init": "relax the lattice and the slabs; label the initial data with the reference",
+    "init": "relax the lattice and the slabs; label the initial data and the validation set",
     "refine": "the query-by-committee loop: train, explore, select, label, repeat",
     "train": "train the final committee on all data; parity, lattice constants",
     "sputter": "production impacts with the final model (and reference checks); yields",
@@ -113,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what is done and what remains")
     p.add_argument("config")
     p.set_defaults(func=_cmd_status)
+    p = sub.add_parser(
+        "validate",
+        help="score a model of the project on its validation set (exit code 3: targets missed)",
+    )
+    p.add_argument("config")
+    p.add_argument("--model", default="final", help="model name under models/ (default: final)")
+    p.set_defaults(func=_cmd_validate)
     p = sub.add_parser("export-n2p2", help="write a trained model as n2p2 files")
     p.add_argument("config")
     p.add_argument("--model", default="final", help="model name under models/ (default: final)")

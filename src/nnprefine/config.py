@@ -36,6 +36,7 @@ __all__ = [
     "StructuresConfig",
     "ThresholdConfig",
     "TrainingConfig",
+    "ValidationConfig",
     "load_config",
     "config_from_dict",
 ]
@@ -386,6 +387,88 @@ class InitialDataConfig:
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    """An independent validation set (origin ``validation``), never trained or tested on.
+
+    Reference-driven frames with their own seeds: impacts on the initial-data slab (the
+    initial-data protocol, snapshots to ``impact_duration_fs``), the same slab heated to
+    ``hot_temperatures_K``, the relaxed production slab, and hcp bulk at ``bulk_strains``
+    (isotropic, relative to the reference lattice). The ``target_*`` keys are the accuracy
+    the final model's verdict holds it to.
+    """
+
+    impact_energies_eV: tuple[float, ...] = (20.0, 35.0, 50.0, 75.0, 100.0)
+    impact_runs_per_energy: int = 4
+    impact_snapshots_per_run: int = 5
+    impact_duration_fs: float = 150.0
+    hot_temperatures_K: tuple[float, ...] = (1000.0, 2000.0, 3000.0)
+    hot_snapshots_per_temperature: int = 5
+    hot_duration_fs: float = 200.0
+    production_slab: bool = True
+    bulk_strains: tuple[float, ...] = (-0.02, -0.01, 0.0, 0.01, 0.02)
+    target_energy_rmse_meV_per_atom: float = 5.0
+    target_force_rmse_meV_per_A: float = 150.0
+    target_bulk_energy_meV_per_atom: float = 5.0
+    target_lattice_percent: float = 0.5
+    target_rank_correlation: float = 0.6
+
+    def validate(self, key: str) -> None:
+        _check(
+            all(e > 0 for e in self.impact_energies_eV),
+            f"{key}.impact_energies_eV",
+            "positive energies",
+            list(self.impact_energies_eV),
+        )
+        _check(
+            all(t > 0 for t in self.hot_temperatures_K),
+            f"{key}.hot_temperatures_K",
+            "positive temperatures (K)",
+            list(self.hot_temperatures_K),
+        )
+        _check(
+            all(-0.2 < s < 0.2 for s in self.bulk_strains),
+            f"{key}.bulk_strains",
+            "relative strains between -0.2 and 0.2",
+            list(self.bulk_strains),
+        )
+        for name in ("impact_runs_per_energy", "impact_snapshots_per_run"):
+            _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
+        _check(
+            self.hot_snapshots_per_temperature >= 0,
+            f"{key}.hot_snapshots_per_temperature",
+            "zero or more",
+            self.hot_snapshots_per_temperature,
+        )
+        for name in ("impact_duration_fs", "hot_duration_fs"):
+            _check(
+                getattr(self, name) > 0,
+                f"{key}.{name}",
+                "a positive time (fs)",
+                getattr(self, name),
+            )
+        for f in dataclasses.fields(self):
+            if f.name.startswith("target_"):
+                _check(
+                    getattr(self, f.name) >= 0,
+                    f"{key}.{f.name}",
+                    "zero or more",
+                    getattr(self, f.name),
+                )
+
+    def targets(self) -> Any:
+        """The :class:`nnprefine.validation.Targets` of the verdict."""
+        from nnprefine.validation import Targets
+
+        return Targets(
+            energy_rmse_meV_per_atom=self.target_energy_rmse_meV_per_atom,
+            force_rmse_meV_per_A=self.target_force_rmse_meV_per_A,
+            bulk_energy_meV_per_atom=self.target_bulk_energy_meV_per_atom,
+            lattice_percent=self.target_lattice_percent,
+            rank_correlation=self.target_rank_correlation,
+        )
+
+
+@dataclass(frozen=True)
 class ThresholdConfig:
     """Selection thresholds of one refinement iteration (paper: 20 meV/atom, 2 eV/Å; then 2, 0.8)."""
 
@@ -415,6 +498,10 @@ class RefineConfig:
     # The paper's NNP5 -> NNP6 step: after the main loop, iterations exploring a second surface.
     second_surface_slab: SlabConfig | None = None
     second_surface_iterations: int = 1
+    #: select and stop on the disagreement scaled by each iteration's calibration against
+    #: the validation set (α·d, an error estimate); false: on the raw disagreement, with
+    #: the thresholds as the paper set them
+    calibrated: bool = True
     #: exploration impacts: ``exploration_duration_fs``, ``exploration_timestep_fs`` and the
     #: sanity bounds ``exploration_min_distance_A``, ``exploration_max_energy_drift_eV`` of
     #: :class:`nnprefine.impact.ImpactSettings` (its field names after the prefix)
@@ -592,6 +679,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     initial_data: InitialDataConfig = field(default_factory=InitialDataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     production: tuple[ProductionConfig, ...] = (ProductionConfig(),)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
@@ -771,7 +859,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 
 def _with_project_values(config: Config) -> Config:
     """Copy cross-section values into the sections that need them: the element into every
-    slab, structures.temperature_K into every heat sink."""
+    slab, structures.temperature_K into every heat sink, the descriptor's cutoff into the
+    data-gathering impacts (it decides when an atom has left the slab; a reference such as
+    DFT has no interaction range of its own)."""
 
     def slab(s: SlabConfig | None) -> SlabConfig | None:
         return None if s is None else dataclasses.replace(s, element=config.project.element)
@@ -786,11 +876,17 @@ def _with_project_values(config: Config) -> Config:
         )
         for p in config.production
     )
+    r_cut = config.descriptor.r_cut_A
+    init, refine = config.initial_data, config.refine
     return dataclasses.replace(
         config,
-        initial_data=dataclasses.replace(config.initial_data, slab=slab(config.initial_data.slab)),
+        initial_data=dataclasses.replace(
+            init, slab=slab(init.slab), impact=dataclasses.replace(init.impact, r_cut_A=r_cut)
+        ),
         refine=dataclasses.replace(
-            config.refine, second_surface_slab=slab(config.refine.second_surface_slab)
+            refine,
+            second_surface_slab=slab(refine.second_surface_slab),
+            exploration=dataclasses.replace(refine.exploration, r_cut_A=r_cut),
         ),
         production=production,
     )

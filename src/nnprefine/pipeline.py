@@ -64,6 +64,8 @@ def status(project: Project) -> dict[str, Any]:
         if ref_rec
         else f"{len(iters)} of at most {cfg.refine.max_iterations} iterations finished"
     )
+    val = project.stage_record("validation_data")
+    out["validation_data"] = f"done ({val['frames']} frames)" if val else "to do"
     out["final_model"] = "done" if project.stage_record("final_model") else "to do"
     if project.results_db.exists():
         from nnprefine.sputter import ResultsDB

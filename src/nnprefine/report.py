@@ -106,6 +106,40 @@ def plot_disagreement(
     return _save(fig, path)
 
 
+def plot_error_vs_disagreement(
+    force_disagreement_eV_per_A: np.ndarray,
+    max_force_error_eV_per_A: np.ndarray,
+    groups: np.ndarray,
+    path: Path,
+    rank_correlation: float,
+    alpha: float | None = None,
+) -> Path:
+    """Member 1's true max force error against the committee's force disagreement, per
+    validation frame (arrays (n_frames,), eV/Å), coloured by group; the diagonal y = x
+    and, when ``alpha`` is given, the calibrated estimate y = α·x."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    d = np.asarray(force_disagreement_eV_per_A, dtype=float)
+    err = np.asarray(max_force_error_eV_per_A, dtype=float)
+    groups = np.asarray(groups)
+    for g in dict.fromkeys(groups):
+        m = (groups == g) & np.isfinite(d) & np.isfinite(err) & (d > 0) & (err > 0)
+        ax.scatter(d[m], err[m], s=10, alpha=0.7, label=str(g))
+    positive = np.concatenate([d[d > 0], err[err > 0]])
+    if len(positive):
+        x = np.array([positive.min(), positive.max()])
+        ax.plot(x, x, color="0.4", lw=1, ls="--", label="error = disagreement")
+        if alpha is not None and np.isfinite(alpha):
+            ax.plot(x, alpha * x, color="tab:red", lw=1, label=f"calibrated, α = {alpha:.2f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("force disagreement max |F1 − F2| (eV/Å)")
+    ax.set_ylabel("true max |F1 − F_ref| (eV/Å)")
+    ax.set_title(f"validation frames: Spearman ρ = {rank_correlation:.2f}")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_parity(parity: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> Path:
     """NNP vs reference parity of energies (meV/atom) and force components (eV/Å).
 
@@ -201,6 +235,8 @@ td, th { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
 th { background: #eee; }
 img { max-width: 100%; margin: 0.5em 0; }
 .note { color: #555; font-size: 0.9em; }
+.verdict-ok { color: #1a7f37; font-weight: bold; }
+.verdict-missed { color: #c62828; font-weight: bold; }
 """
 
 
@@ -250,6 +286,35 @@ def write_html(
     parts.append(
         "<h3>Committee disagreement per iteration (paper Fig. 2/3)</h3>" + figs("disagreement")
     )
+    validation = summary.get("validation")
+    parts.append("<h2>Validation of the final model</h2>")
+    if validation:
+        verdict = validation["verdict"]
+        css = "verdict-ok" if verdict["ok"] else "verdict-missed"
+        parts.append(f"<p class='{css}'>The final model {html.escape(verdict['line'])}.</p>")
+        parts.append(
+            _table(
+                verdict["checks"],
+                [("name", "figure"), ("value", "value"), ("target", "target"), ("ok", "met")],
+            )
+        )
+        rows = [{"group": g, **r} for g, r in validation["groups"].items()]
+        rows.append({"group": "all", **validation["all"]})
+        parts.append(
+            _table(
+                rows,
+                [
+                    ("group", "validation group"),
+                    ("frames", "frames"),
+                    ("energy_rmse_meV_per_atom", "E RMSE (meV/atom)"),
+                    ("energy_mean_error_meV_per_atom", "E mean error (meV/atom)"),
+                    ("force_rmse_meV_per_A", "F RMSE (meV/Å)"),
+                ],
+            )
+        )
+        parts.append(figs("validation"))
+    else:
+        parts.append("<p class='note'>(no validation set: run 'nnprefine init')</p>")
     parts.append("<h2>Accuracy of the final model (paper Fig. 4)</h2>" + figs("parity"))
     final = summary.get("final_model", {})
     if final:

@@ -123,6 +123,10 @@ class TrainingSettings:
     jacobian_cache_GiB: float = 6.0
     #: "float32" (half the memory; forces to ~1e-7 relative) or "float64"
     jacobian_dtype: str = "float32"
+    #: what each committee member learns from: "bootstrap" (member 1, which drives MD,
+    #: all training frames; every other member its own bootstrap resample, drawn from
+    #: ``seed``, so members disagree where data are thin) or "all" (every member all frames)
+    member_frames: str = "bootstrap"
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -162,6 +166,10 @@ class TrainingSettings:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.learning_rate_min < 0:
             raise ConfigError(f"learning_rate_min must be ≥ 0, got {self.learning_rate_min}")
+        if self.member_frames not in MEMBER_FRAMES:
+            raise ConfigError(
+                f"member_frames must be one of {MEMBER_FRAMES}, got {self.member_frames!r}"
+            )
         if not 0.0 <= self.kalman_force_fraction <= 1.0:
             raise ConfigError(
                 f"kalman_force_fraction must lie in [0, 1], got {self.kalman_force_fraction}"
@@ -172,6 +180,7 @@ class TrainingSettings:
 
 
 JACOBIAN_DTYPES = ("float32", "float64")
+MEMBER_FRAMES = ("bootstrap", "all")
 LR_SCHEDULES = ("exponential", "plateau")
 #: a smaller test set is too noisy to pick weights or stop on: at least 10 frames and
 #: a 10 % split, which a split by hash realises only to within its binomial spread
@@ -764,6 +773,19 @@ def _check_resume_settings(saved: dict[str, Any], settings: TrainingSettings, wh
         )
 
 
+def member_frame_indices(n_frames: int, member_index: int, s: TrainingSettings) -> np.ndarray:
+    """Indices into the training frames that member ``member_index`` trains on (n_frames,).
+
+    Member 0 and every member with ``member_frames = "all"``: each frame once. Otherwise a
+    bootstrap resample (n_frames draws with replacement, from ``[seed, member_index]``),
+    sorted; about 63 % of the frames appear, some more than once.
+    """
+    if member_index == 0 or s.member_frames == "all":
+        return np.arange(n_frames)
+    rng = np.random.default_rng([s.seed, member_index, 0xB007])
+    return np.sort(rng.integers(0, n_frames, size=n_frames))
+
+
 def _train_member(
     pot: NNPotential,
     train_set: list[_Frame],
@@ -980,9 +1002,11 @@ def train(
             member_dir = None if log_path is None else log_path / f"member_{k:03d}"
             if member_dir is not None:
                 member_dir.mkdir(exist_ok=True)
+            own = [train_set[i] for i in member_frame_indices(len(train_set), k, s)]
             histories.append(
-                _train_member(pot, train_set, test_set, s, member_dir, k, progress, warm, select)
+                _train_member(pot, own, test_set, s, member_dir, k, progress, warm, select)
             )
+            pot.metadata["training"]["distinct_frames"] = len({id(f) for f in own})
     finally:
         if progress is not None:
             progress.stop()

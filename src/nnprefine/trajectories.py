@@ -41,11 +41,21 @@ def _thermal_run(
     duration_fs: float,
     settings: ImpactSettings,
     record: Callable[[Any], None],
+    temperature_K: float | None = None,
+    seed: int = 0,
 ) -> str:
-    """NVE MD of the (equilibrated) slab itself, recording every step; why it ended."""
+    """NVE MD of the slab itself, recording every step; why it ended.
+
+    The slab keeps its own velocities, or, with ``temperature_K``, starts from
+    Maxwell–Boltzmann velocities at 2·T (half flows into the potential energy).
+    """
     from nnprefine.md import SanityObserver, VelocityVerlet
+    from nnprefine.structures import maxwell_boltzmann_velocities
 
     atoms = slab.copy()
+    if temperature_K is not None:
+        rng = np.random.default_rng(seed)
+        atoms.set_velocities(maxwell_boltzmann_velocities(atoms, 2 * temperature_K, rng))
     atoms.calc = calc
     try:
         dyn = VelocityVerlet(atoms, settings.timestep_fs)
@@ -68,11 +78,13 @@ def reference_trajectory_frames(
     settings: ImpactSettings,
     snapshots: int,
     seed: int,
+    temperature_K: float | None = None,
 ) -> list[Atoms]:
     """Run one reference-driven MD run; return ``snapshots`` random frames with their labels.
 
     ``energy_eV`` > 0: an impact of ``duration_fs`` (``settings`` give the step and the
-    sanity bounds); ≤ 0: thermal NVE MD of the slab. The labels are the reference's own
+    sanity bounds); ≤ 0: NVE MD of the slab as it is, or heated to ``temperature_K``
+    (a hot slab: velocities drawn at 2·T from ``seed``). The labels are the reference's own
     energies (eV) and forces (eV/Å) along the run: no extra reference calls. A run that
     turns unphysical keeps the frames before it.
     """
@@ -98,7 +110,8 @@ def reference_trajectory_frames(
         except SimulationError:
             unphysical = True
     else:
-        unphysical = _thermal_run(slab, calc, duration_fs, settings, record) == "unphysical"
+        reason = _thermal_run(slab, calc, duration_fs, settings, record, temperature_K, seed)
+        unphysical = reason == "unphysical"
     if unphysical:
         frames = frames[:-1]  # the last recorded frame may already be broken
     rng = np.random.default_rng(seed)

@@ -28,7 +28,10 @@ from nnprefine.dataset import _frame
 from nnprefine.errors import DatasetError
 
 _FORMAT = "nnprefine-frames"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: the split 'validation' (frames of origin 'validation')
+#: frames of this origin form the validation split: never trained on, never tested on
+VALIDATION_ORIGIN = "validation"
+_SPLITS = ("train", "test", "validation")
 _DEFAULT_TEST_FRACTION = 0.1
 _GROUP_COLUMNS = ("iteration", "origin", "split")
 
@@ -57,7 +60,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS frames (
     id INTEGER PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE,
-    split TEXT NOT NULL CHECK (split IN ('train', 'test')),
+    split TEXT NOT NULL CHECK (split IN ('train', 'test', 'validation')),
     {_STRUCTURE_COLUMNS}
     energy_eV REAL NOT NULL,
     forces BLOB NOT NULL CHECK (length(forces) = 24 * n_atoms),
@@ -108,7 +111,8 @@ class FrameStore:
     stores nothing and returns None. Its split ('train' or 'test') is fixed when it is
     inserted, by whether a uniform number derived from its geometry alone is below
     ``test_fraction``, so appending never moves a frame between sets and the same
-    structure gets the same split in every store.
+    structure gets the same split in every store. Frames of origin 'validation' form a
+    third split, 'validation', that ``frames(split="train")`` and ``"test"`` never return.
 
     Failed reference calculations go to a separate quarantine table (:meth:`quarantine`);
     they are counted but never returned as labels. :meth:`status` tells a resumed loop
@@ -208,6 +212,8 @@ class FrameStore:
                 f"{self.path} has frame-store schema {meta['schema_version']}, newer than this "
                 f"nnprefine ({__version__}, schema {_SCHEMA_VERSION}); upgrade nnprefine"
             )
+        if int(meta["schema_version"]) < _SCHEMA_VERSION:
+            self._migrate_to_2()
         stored = float(meta["test_fraction"])
         if test_fraction is not None and float(test_fraction) != stored:
             raise DatasetError(
@@ -216,6 +222,22 @@ class FrameStore:
                 "or start a new store"
             )
         return stored
+
+    def _migrate_to_2(self) -> None:
+        """Schema 1 → 2: the frames table accepts the split 'validation' (rows unchanged)."""
+        with self._transaction() as conn:
+            if int(dict(conn.execute("SELECT key, value FROM meta"))["schema_version"]) >= 2:
+                return  # another process migrated it first
+            old = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0]
+            new = old.replace("split IN ('train', 'test')", "split IN " + str(_SPLITS))
+            conn.execute("ALTER TABLE frames RENAME TO frames_v1")
+            conn.execute(new)
+            conn.execute("INSERT INTO frames SELECT * FROM frames_v1")
+            conn.execute("DROP TABLE frames_v1")
+            for statement in _SCHEMA.split(";"):
+                if "CREATE INDEX" in statement and "frames_" in statement:
+                    conn.execute(statement)
+            conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -342,6 +364,8 @@ class FrameStore:
             labels = _frame.labels_of(atoms, where)
             test = _frame.split_uniform(structure) < self.test_fraction
             row["split"] = "test" if test else "train"
+            if provenance["origin"] == VALIDATION_ORIGIN:
+                row["split"] = "validation"
             row["energy_eV"] = labels.energy_eV
             row["forces"] = labels.forces.astype("<f8").tobytes()
             row["stress"] = None if labels.stress is None else labels.stress.astype("<f8").tobytes()
@@ -546,8 +570,10 @@ class FrameStore:
         origin: str | None,
         max_iteration: int | None = None,
     ) -> tuple[str, list[Any]]:
-        if split not in (None, "train", "test"):
-            raise DatasetError(f"split must be 'train', 'test' or None, got {split!r}")
+        if split not in (None, *_SPLITS):
+            raise DatasetError(
+                f"split must be 'train', 'test', 'validation' or None, got {split!r}"
+            )
         clauses, params = [], []
         for column, op, value in (
             ("split", "=", split),
@@ -562,7 +588,7 @@ class FrameStore:
 
     def count(
         self,
-        split: Literal["train", "test"] | None = None,
+        split: Literal["train", "test", "validation"] | None = None,
         iteration: int | None = None,
         origin: str | None = None,
         *,
@@ -598,6 +624,8 @@ class FrameStore:
             return out.setdefault(k, {"train": 0, "test": 0, "total": 0, "quarantined": 0})
 
         for (k, split), n in self.counts(("iteration", "split")).items():
+            if split == "validation":
+                continue  # not part of the data set the models learn from
             entry(k)[split] = n
             entry(k)["total"] += n
         conn = self._db
@@ -612,7 +640,7 @@ class FrameStore:
 
     def frames(
         self,
-        split: Literal["train", "test"] | None = None,
+        split: Literal["train", "test", "validation"] | None = None,
         iteration: int | None = None,
         origin: str | None = None,
         *,

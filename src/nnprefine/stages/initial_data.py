@@ -1,4 +1,5 @@
-"""Stage ``init``: the reference's lattice constants, the prepared slabs, the initial data.
+"""Stage ``init``: the reference's lattice constants, the prepared slabs, the initial data
+and the validation set (:mod:`nnprefine.stages.validation`).
 
 - :func:`lattice` relaxes hcp bulk with the reference (recorded once).
 - :func:`prepared_slab` builds, relaxes and equilibrates a slab (written once to
@@ -67,10 +68,11 @@ def prepared_slab(
     a, c = (rec["a_A"], rec["c_A"]) if rec else (cfg.structures.a_A, cfg.structures.c_A)
     t0 = time.perf_counter()
     st = cfg.structures
+    driver = calc if calc is not None else cached_reference(cfg.reference.spec())
     atoms = prepare_slab(
         slab_config.surface,
         slab_config.size,
-        calc if calc is not None else cached_reference(cfg.reference.spec()),
+        driver,
         a_A=a,
         c_A=c,
         vacuum_A=slab_config.vacuum_A,
@@ -83,6 +85,8 @@ def prepared_slab(
         thermostat=st.thermostat,
         seed=project.seed("equilibrate", slab_config.label),
     )
+    if calc is None:  # kept, so that no later stage asks the reference for it again
+        atoms.info["reference_energy_eV"] = float(driver.get_potential_energy(atoms))
     project.say(
         f"slab {slab_config.label}: {len(atoms)} atoms relaxed and equilibrated at "
         f"{st.temperature_K:.0f} K ({time.perf_counter() - t0:.0f} s)"
@@ -165,4 +169,8 @@ def init(project: Project) -> dict[str, Any]:
         slab_configs.append(cfg.refine.second_surface_slab)
     for slab_config in slab_configs:
         prepared_slab(project, slab_config)
-    return initial_data(project)
+    rec = initial_data(project)
+    from nnprefine.stages.validation import validation_data
+
+    validation_data(project)
+    return rec

@@ -20,11 +20,13 @@ import numpy as np
 from ase import Atoms
 
 from nnprefine.common import save_npz, write_json
+from nnprefine.errors import NnprefineError
 from nnprefine.reference import label_frame
 from nnprefine.selection import select_frames
 from nnprefine.stages.initial_data import initial_data, prepared_slab
 from nnprefine.stages.project import Project
 from nnprefine.stages.training import train_committee
+from nnprefine.stages.validation import say_validation, validate
 from nnprefine.trajectories import explore_trajectory, frame_atoms, gather_explorations
 
 __all__ = ["refine", "refine_iteration"]
@@ -117,6 +119,22 @@ def _percentiles(x: np.ndarray, scale: float) -> dict[str, float | None]:
     }
 
 
+def _calibrate(project: Project, k: int, committee: Any) -> tuple[dict[str, float], Any]:
+    """Iteration k's committee on the validation set: (α_E, α_F) to scale its disagreement
+    with (1, 1 when ``refine.calibrated`` is off or there is no validation set), and the
+    validation figures (None without a validation set)."""
+    try:
+        out = validate(project, f"iter-{k:03d}", committee)
+    except NnprefineError as exc:
+        project.say(f"iteration {k}: no calibration ({exc})")
+        return {"energy": 1.0, "force": 1.0}, None
+    say_validation(project, out)
+    alpha = out["calibration"]
+    if not project.config.refine.calibrated or not all(np.isfinite(list(alpha.values()))):
+        return {"energy": 1.0, "force": 1.0}, out
+    return alpha, out
+
+
 def refine_iteration(project: Project, k: int, slab: Atoms, surface: str) -> dict[str, Any]:
     """One iteration k ≥ 1: train, explore, select, label. Returns its summary."""
     summary_path = project.iteration_dir(k) / "summary.json"
@@ -131,11 +149,13 @@ def refine_iteration(project: Project, k: int, slab: Atoms, surface: str) -> dic
         warm_start_from=f"iter-{k - 1:03d}" if k > 1 else None,
     )
     t_train = time.perf_counter() - t_start
+    alpha, validation = _calibrate(project, k, committee)
     t0 = time.perf_counter()
     explored = _explore(project, k, committee, slab)
     t_explore = time.perf_counter() - t0
     rules = cfg.refine.selection(k - 1)
-    e, f = explored["energy"], explored["force"]
+    # the selection and the stop rule see the calibrated disagreement (α = 1: the raw one)
+    e, f = alpha["energy"] * explored["energy"], alpha["force"] * explored["force"]
     sel = select_frames(
         explored["trajectory"],
         explored["time_fs"],
@@ -161,8 +181,9 @@ def refine_iteration(project: Project, k: int, slab: Atoms, surface: str) -> dic
             "trajectory": str(explored["trajectory"][i]),
             "time_fs": float(explored["time_fs"][i]),
             "selection": {
-                "energy_disagreement_eV_per_atom": float(e[i]),
-                "force_disagreement_eV_per_A": float(f[i]),
+                "energy_disagreement_eV_per_atom": float(explored["energy"][i]),
+                "force_disagreement_eV_per_A": float(explored["force"][i]),
+                "calibration": alpha,
                 "before_halt": bool(explored["before_halt"][i]),
                 "adaptive": sel.adaptive,
                 "surface": surface,
@@ -192,7 +213,16 @@ def refine_iteration(project: Project, k: int, slab: Atoms, surface: str) -> dic
         "test_rmse_energy_mev_per_atom": train_rec["test_rmse_energy_mev_per_atom"][0],
         "test_rmse_force_mev_per_A": train_rec["test_rmse_force_mev_per_A"][0],
         "seconds": {"train": t_train, "explore": t_explore, "label": t_label},
+        "calibration": alpha,
+        "disagreement": "calibrated" if alpha != {"energy": 1.0, "force": 1.0} else "raw",
+        "mean_disagreement_eV_per_A": float(np.nanmean(f)) if len(f) else None,
     }
+    if validation is not None:
+        summary["validation"] = {
+            "energy_rmse_meV_per_atom": validation["all"]["energy_rmse_meV_per_atom"],
+            "force_rmse_meV_per_A": validation["all"]["force_rmse_meV_per_A"],
+            "rank_correlation_force": validation["rank_correlation_force"],
+        }
     write_json(summary_path, summary)
     project.say(
         f"iteration {k}: explored {summary['frames_explored']} frames, "

@@ -152,9 +152,27 @@ def summary(project: Project) -> dict[str, Any]:
                 )
             },
         }
+    validation = project.model_dir("final") / "validation.json"
+    if final and validation.exists():
+        out["validation"] = _validation_block(json.loads(validation.read_text()), final)
     if project.results_db.exists():
         out["yields"], out["eckstein_fits"] = _yield_rows(project)
     return out
+
+
+def _validation_block(scored: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json``'s ``validation``: per-group RMSE, NNP − reference energies of bulk
+    and slab (meV/atom), lattice constants, rank correlation, calibration and the verdict."""
+    m, r = final["lattice"]["model"], final["lattice"]["reference"]
+    return {
+        **{k: scored[k] for k in ("all", "groups", "rank_correlation_force", "calibration")},
+        "bulk_energy_error_meV_per_atom": 1000
+        * (m["energy_eV_per_atom"] - r["energy_eV_per_atom"]),
+        "slab_energy_error_meV_per_atom": 1000
+        * (m["slab_energy_eV_per_atom"] - r["slab_energy_eV_per_atom"]),
+        "lattice_error_percent": {k: 100 * (m[k] / r[k] - 1) for k in ("a", "c")},
+        "verdict": scored["verdict"],
+    }
 
 
 def _disagreement_plots(project: Project, iterations: list[dict[str, Any]]) -> list[Any]:
@@ -202,6 +220,17 @@ def report(project: Project) -> dict[str, Any]:
             for s in ("train", "test")
         }
         figures["parity"] = rp.plot_parity(parity, figs / "parity.png")
+    scored = project.model_dir("final") / "validation.npz"
+    if "validation" in out and scored.exists():
+        d = np.load(scored)
+        figures["validation"] = rp.plot_error_vs_disagreement(
+            d["force_disagreement_eV_per_A"],
+            d["max_force_error_eV_per_A"],
+            d["groups"],
+            figs / "validation_error_vs_disagreement.png",
+            rank_correlation=out["validation"]["rank_correlation_force"],
+            alpha=out["validation"]["calibration"]["force"],
+        )
     if out["yields"]:
         plot = _yield_plot(project, figs / "yields.png")
         if plot is not None:

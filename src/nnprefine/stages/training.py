@@ -150,8 +150,11 @@ def train_final(project: Project) -> dict[str, Any]:
         NNPCalculator(member), element=cfg.project.element, a_A=ref_lat["a_A"], c_A=ref_lat["c_A"]
     )
     slab = prepared_slab(project, cfg.initial_data.slab)
-    slab.calc = cached_reference(cfg.reference.spec())
-    slab_ref = slab.get_potential_energy() / len(slab)
+    if "reference_energy_eV" in slab.info:
+        slab_ref = slab.info["reference_energy_eV"] / len(slab)
+    else:  # a slab prepared by an older version
+        slab.calc = cached_reference(cfg.reference.spec())
+        slab_ref = slab.get_potential_energy() / len(slab)
     slab.calc = NNPCalculator(member)
     slab_nnp = slab.get_potential_energy() / len(slab)
     rec = {
@@ -176,4 +179,8 @@ def train_final(project: Project) -> dict[str, Any]:
         f"final model: a = {nnp_lat['a_A']:.4f} Å (reference {ref_lat['a_A']:.4f}), "
         f"c = {nnp_lat['c_A']:.4f} Å (reference {ref_lat['c_A']:.4f})"
     )
+    from nnprefine.stages.validation import say_validation, validate, validation_data
+
+    validation_data(project)
+    say_validation(project, validate(project, "final", committee))
     return rec

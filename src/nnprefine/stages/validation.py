@@ -1,0 +1,185 @@
+"""The validation set and the scoring of models on it (part of ``init``; ``nnprefine validate``).
+
+- :func:`validation_data` labels the ``[validation]`` frames once (resumable per task)
+  and stores them with origin ``validation``: the frame store keeps them in their own
+  split, so no training or early stopping ever sees them.
+- :func:`validate` scores a trained committee of the project on them and writes
+  ``models/<name>/validation.json`` and ``validation.npz`` (per-frame errors and
+  disagreements); the final model is always scored, each refinement iteration's
+  committee too (its calibration scales the disagreement the selection uses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnprefine.common import save_npz, write_json
+from nnprefine.errors import NnprefineError
+from nnprefine.reference import label_frame
+from nnprefine.stages.initial_data import lattice, prepared_slab
+from nnprefine.stages.project import Project
+from nnprefine.trajectories import reference_trajectory_frames
+
+__all__ = ["say_validation", "validate", "validation_data", "validation_frames"]
+
+
+def _trajectory_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:
+    """(key, arguments) of the validation set's reference-driven trajectories."""
+    v = project.config.validation
+    tasks: list[tuple[str, dict[str, Any]]] = []
+    for energy in v.impact_energies_eV:
+        for run in range(v.impact_runs_per_energy):
+            key = f"validation-impact-{energy:g}eV-{run:04d}"
+            kw = dict(
+                energy_eV=energy,
+                duration_fs=v.impact_duration_fs,
+                snapshots=v.impact_snapshots_per_run,
+                seed=project.seed("validation", key),
+            )
+            tasks.append((key, kw))
+    if v.hot_snapshots_per_temperature:
+        for temperature in v.hot_temperatures_K:
+            key = f"validation-hot_slab-{temperature:g}K"
+            kw = dict(
+                energy_eV=0.0,
+                duration_fs=v.hot_duration_fs,
+                snapshots=v.hot_snapshots_per_temperature,
+                seed=project.seed("validation", key),
+                temperature_K=temperature,
+            )
+            tasks.append((key, kw))
+    return tasks
+
+
+def _single_frames(project: Project) -> list[tuple[str, Any]]:
+    """(trajectory name, Atoms) of the validation frames that are single structures."""
+    from nnprefine.structures import hcp_bulk
+
+    cfg = project.config
+    out = []
+    if cfg.validation.production_slab and cfg.production:
+        slab_config = cfg.production[0].slab
+        out.append(("validation-production_slab", prepared_slab(project, slab_config)))
+    rec = lattice(project)
+    for strain in cfg.validation.bulk_strains:
+        bulk = hcp_bulk(
+            cfg.project.element, a_A=rec["a_A"] * (1 + strain), c_A=rec["c_A"] * (1 + strain)
+        )
+        out.append((f"validation-bulk-{strain:+.3f}", bulk))
+    return out
+
+
+def validation_data(project: Project) -> dict[str, Any]:
+    """Label the validation set once; returns its frame counts per group."""
+    rec = project.stage_record("validation_data")
+    if rec is not None:
+        return rec
+    from nnprefine.validation import group_of
+
+    cfg = project.config
+    ref = cfg.reference.spec()
+    slab = prepared_slab(project, cfg.initial_data.slab)
+    done = project.finished_tasks("validation")
+    tasks = [(k, kw) for k, kw in _trajectory_tasks(project) if k not in done]
+    singles = [(k, atoms) for k, atoms in _single_frames(project) if k not in done]
+    project.say(
+        f"validation set: {len(tasks)} reference trajectories and {len(singles)} single "
+        "structures to label"
+    )
+    shared = dict(slab=slab, reference=ref, settings=cfg.initial_data.impact)
+    with project.store() as store, project.executor() as executor:
+        for out in executor.run(reference_trajectory_frames, tasks, shared):
+            if not out.ok:
+                project.say(f"  {out.key}: failed ({out.error}); recorded, not retried")
+                project.finish_task("validation", out.key, failed=out.error)
+                continue
+            store.add_many(
+                out.value,
+                origin="validation",
+                reference=ref,
+                trajectory=out.key,
+                seed=dict(tasks)[out.key]["seed"],
+            )
+            project.finish_task("validation", out.key, frames=len(out.value))
+        label_tasks = [(k, dict(atoms=atoms)) for k, atoms in singles]
+        for out in executor.run(label_frame, label_tasks, dict(reference=ref)):
+            if not out.ok:
+                project.say(f"  {out.key}: label failed ({out.error}); recorded, not retried")
+                project.finish_task("validation", out.key, failed=out.error)
+                continue
+            store.add(out.value, origin="validation", reference=ref, trajectory=out.key)
+            project.finish_task("validation", out.key, frames=1)
+        frames = store.frames(split="validation")
+    counts: dict[str, int] = {}
+    for atoms in frames:
+        counts[group_of(atoms)] = counts.get(group_of(atoms), 0) + 1
+    rec = {"frames": len(frames), "groups": counts}
+    project.record_stage("validation_data", rec)
+    project.say(f"validation set: {len(frames)} frames ({counts})")
+    return rec
+
+
+def validation_frames(project: Project) -> list[Any]:
+    """The stored validation frames; a clear error when there are none."""
+    frames = []
+    if project.data_db.exists():
+        with project.store() as store:
+            frames = store.frames(split="validation")
+    if not frames:
+        raise NnprefineError(
+            f"{project.data_db} holds no validation frames; run 'nnprefine init CONFIG' "
+            "(it labels the [validation] set; its sizes are keys of that table)"
+        )
+    return frames
+
+
+def validate(project: Project, name: str, committee: Any = None) -> dict[str, Any]:
+    """Score the committee ``models/<name>`` on the validation set; returns the figures.
+
+    Writes ``models/<name>/validation.json`` (per-group RMSE, rank correlation, calibration
+    scales and, for a model with a lattice record, the verdict) and ``validation.npz``.
+    """
+    from nnprefine.model import Committee
+    from nnprefine.validation import score, verdict
+
+    directory = project.model_dir(name)
+    if committee is None:
+        if not directory.exists():
+            raise NnprefineError(
+                f"no model '{name}' in {project.dir / 'models'}; train it first "
+                "('nnprefine run' or 'nnprefine train')"
+            )
+        committee = Committee.load(directory)
+    frames = validation_frames(project)
+    result = score(committee, frames)
+    out = {"model": name, **result.summary()}
+    final = project.stage_record("final_model")
+    lattice_rec = final["lattice"] if final and name == "final" else None
+    out["verdict"] = verdict(out, lattice_rec, project.config.validation.targets())
+    save_npz(
+        directory / "validation.npz",
+        groups=result.groups,
+        energy_error_eV_per_atom=result.energy_error,
+        max_force_error_eV_per_A=result.max_force_error,
+        energy_disagreement_eV_per_atom=result.energy_disagreement,
+        force_disagreement_eV_per_A=result.force_disagreement,
+    )
+    write_json(directory / "validation.json", out)
+    return out
+
+
+def say_validation(project: Project, out: dict[str, Any]) -> None:
+    """One line per group, then the verdict, on the console and in the log."""
+    for group, r in out["groups"].items():
+        project.say(
+            f"  validation {group:>15}: {r['frames']:4d} frames, "
+            f"{r['energy_rmse_meV_per_atom']:8.2f} meV/atom, {r['force_rmse_meV_per_A']:7.0f} meV/Å"
+        )
+    rho = out["rank_correlation_force"]
+    alpha = out["calibration"]
+    project.say(
+        f"  rank correlation of force disagreement with error {rho:.2f}; calibration "
+        f"α_E = {alpha['energy']:.2f}, α_F = {alpha['force']:.2f}"
+    )
+    mark = "OK" if out["verdict"]["ok"] else "MISSED"
+    project.say(f"  [{mark}] model '{out['model']}' {out['verdict']['line']}")
