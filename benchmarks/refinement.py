@@ -3,8 +3,10 @@
 For each project seed, runs the initial data and the query-by-committee loop of a config
 (default: the quick preset with the built-in SNAP reference) into its own folder and
 reports, per iteration: frames explored and selected, the fraction of exploration frames
-over threshold, the committee-disagreement median, the test RMSE of the committee that
-explored, and the wall time of each stage. One run is one sample of a noisy quantity
+over threshold, the committee-disagreement median, the mean calibrated force disagreement
+(α·d, the error the committee predicts), the validation RMSE of the committee that
+explored (on the project's validation set, never trained on), the test RMSE and the wall
+time of each stage. One run is one sample of a noisy quantity
 (the committee's training noise and the exploration's random impact points both move
 the fraction), so the seeds' mean per iteration and the number of seeds whose fraction
 fell at every iteration are the figures to compare over time.
@@ -28,6 +30,7 @@ import numpy as np
 
 from nnprefine.config import load_config
 from nnprefine.stages import Project, initial_data, refine
+from nnprefine.stages.validation import validation_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +49,18 @@ def run_seed(config_path: Path, seed: int, iterations: int, stop: bool, out: Pat
     project = Project(cfg)
     t0 = time.perf_counter()
     init = initial_data(project)
+    validation_data(project)
     t_init = time.perf_counter() - t0
     rec = refine(project)
     return {"seed": seed, "initial_frames": init["frames"], "initial_s": t_init, **rec}
+
+
+def _validation(iteration: dict, what: str) -> float:
+    """The iteration committee's validation RMSE: energy (meV/atom) or force (meV/Å)."""
+    v = iteration.get("validation")
+    if v is None:
+        return float("nan")
+    return v["energy_rmse_meV_per_atom"] if what == "energy" else v["force_rmse_meV_per_A"]
 
 
 def main() -> None:
@@ -71,7 +83,10 @@ def main() -> None:
         run = run_seed(args.config, seed, args.iterations, args.keep_stop_rule, args.out)
         runs.append(run)
         print(f"seed {seed}: {run['initial_frames']} initial frames ({run['initial_s']:.0f} s)")
-        print("  iter  explored  selected  over thr.  median dE   median dF  test RMSE        s")
+        print(
+            "  iter  explored  selected  over thr.  median dE   median dF  α·dF mean"
+            "  validation RMSE  test RMSE        s"
+        )
         for it in run["iterations"]:
             sec = it["seconds"]
             print(
@@ -79,6 +94,8 @@ def main() -> None:
                 f"  {100 * it['fraction_over_threshold']:8.1f}%"
                 f"  {it['energy_disagreement_percentiles_meV_per_atom']['50']:6.1f} meV"
                 f"  {it['force_disagreement_percentiles_eV_per_A']['50']:5.2f} eV/Å"
+                f"  {it.get('mean_disagreement_eV_per_A') or float('nan'):5.2f} eV/Å"
+                f"  {_validation(it, 'energy'):6.1f}, {_validation(it, 'force'):4.0f}"
                 f"  {it['test_rmse_energy_mev_per_atom']:5.1f}, {it['test_rmse_force_mev_per_A']:4.0f}"
                 f"  {sec['train']:.0f}/{sec['explore']:.0f}/{sec['label']:.0f}",
                 flush=True,
@@ -88,6 +105,19 @@ def main() -> None:
     fractions = {r["seed"]: [it["fraction_over_threshold"] for it in r["iterations"]] for r in runs}
     n_iter = max(len(f) for f in fractions.values())
     mean = [float(np.mean([f[k] for f in fractions.values() if len(f) > k])) for k in range(n_iter)]
+
+    calibrated = {
+        r["seed"]: [it.get("mean_disagreement_eV_per_A") for it in r["iterations"]] for r in runs
+    }
+    validation_force = {
+        r["seed"]: [_validation(it, "force") for it in r["iterations"]] for r in runs
+    }
+
+    def mean_over_seeds(per_seed: dict) -> list[float]:
+        return [
+            float(np.nanmean([v[k] for v in per_seed.values() if len(v) > k and v[k] is not None]))
+            for k in range(n_iter)
+        ]
 
     def falls(f: list[float]) -> bool:
         return len(f) > 1 and all(b < a for a, b in zip(f, f[1:], strict=False))
@@ -116,6 +146,12 @@ def main() -> None:
             str(r["seed"]): r["iterations"][-1]["test_rmse_force_mev_per_A"] for r in runs
         },
         "seconds_per_stage_mean": {k: float(np.mean(v)) for k, v in stages.items()},
+        "calibrated_force_disagreement_mean_eV_per_A": mean_over_seeds(calibrated),
+        "validation_force_rmse_mean_meV_per_A": mean_over_seeds(validation_force),
+        "seeds_calibrated_disagreement_falling": sum(
+            falls([x for x in v if x is not None]) for v in calibrated.values()
+        ),
+        "seeds_validation_error_falling": sum(falls(v) for v in validation_force.values()),
     }
     print(json.dumps(result))
 

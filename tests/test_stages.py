@@ -121,3 +121,50 @@ def test_gathering_skips_failed_and_empty_runs_and_counts_halts(tmp_path):
     np.testing.assert_array_equal(out["before_halt"], [False] * 6 + [True, True])
     empty = gather_explorations([tmp_path / "explore-50eV-0001.npz"])
     assert len(empty["time_fs"]) == 0 and empty["halted"] == 0
+
+
+def test_coverage_additions_label_hot_slab_bulk_and_production_slab_frames(tmp_path):
+    from nnprefine.stages import initial_data
+
+    config = config_from_dict(
+        {
+            "project": {"output_dir": str(tmp_path / "out"), "seed": 4},
+            "descriptor": {"preset": "generated", "r_cut_A": 4.0},
+            "structures": {"equilibration_fs": 10.0, "relax_fmax_eV_per_A": 5e-2},
+            "initial_data": {
+                "slab": {"size": [3, 3, 3], "vacuum_A": 5.0},
+                "energies_eV": [],
+                "thermal_frames": 0,
+                "hot_temperatures_K": [2500.0],
+                "hot_snapshots": 3,
+                "hot_duration_fs": 5.0,
+                "bulk_strains": [-0.02, 0.02],
+                "bulk_size": [2, 2, 2],
+                "bulk_snapshots": 2,
+                "bulk_duration_fs": 3.0,
+                "production_slab_snapshots": 2,
+                "production_slab_duration_fs": 3.0,
+            },
+            "production": [{"slab": {"size": [3, 3, 4], "vacuum_A": 5.0}}],
+        }
+    )
+    project = Project(config)
+    rec = initial_data(project)
+    with project.store() as store:
+        frames = store.frames(origin="initial")
+    by_run: dict[str, list] = {}
+    for f in frames:
+        by_run.setdefault(f.info["trajectory"], []).append(f)
+    assert sorted(by_run) == ["bulk-+0.020", "bulk--0.020", "hot_slab-2500K", "production_slab"]
+    assert rec["frames"] == len(frames) == 3 + 2 * 2 + 2
+    for name, group in by_run.items():
+        if name.startswith("bulk"):
+            assert all(len(f) == 16 and f.pbc.all() for f in group)  # 2x2x2 cells of 2 atoms
+        elif name == "production_slab":
+            assert all(len(f) == 36 and list(f.pbc) == [True, True, False] for f in group)
+        else:
+            assert all(len(f) == 27 for f in group)
+    # the hot slab is hot: its atoms moved far more than in the 300 K slab
+    slab = prepared_slab(project, config.initial_data.slab)
+    shift = np.abs(by_run["hot_slab-2500K"][-1].positions - slab.positions).max()
+    assert shift > 0.05

@@ -351,6 +351,21 @@ class InitialDataConfig:
     snapshots_per_run: int = 5
     thermal_frames: int = 50
     thermal_interval_fs: float = 20.0
+    #: coverage of what production meets, beyond the paper's protocol (all off by default):
+    #: the small slab heated to each of hot_temperatures_K (NVE from velocities at 2·T);
+    #: hcp bulk supercells bulk_size at each of bulk_strains (relative to the reference
+    #: lattice, NVE from bulk_temperature_K); the production slab's own thermal motion.
+    #: Each run gives *_snapshots random labelled frames.
+    hot_temperatures_K: tuple[float, ...] = ()
+    hot_snapshots: int = 5
+    hot_duration_fs: float = 200.0
+    bulk_strains: tuple[float, ...] = ()
+    bulk_size: tuple[int, int, int] = (3, 3, 2)
+    bulk_temperature_K: float = 600.0
+    bulk_snapshots: int = 5
+    bulk_duration_fs: float = 100.0
+    production_slab_snapshots: int = 0
+    production_slab_duration_fs: float = 100.0
     #: reference-driven impacts: ``timestep_fs``, ``duration_fs`` and the sanity bounds
     #: ``min_distance_A``, ``max_energy_drift_eV``, ``max_potential_drop_eV`` of
     #: :class:`nnprefine.impact.ImpactSettings`, flat in ``[initial_data]``
@@ -380,7 +395,34 @@ class InitialDataConfig:
         )
         for name in ("runs_per_energy", "snapshots_per_run", "thermal_frames"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
-        for name in ("high_energy_duration_fs", "thermal_interval_fs"):
+        _check(
+            all(t > 0 for t in self.hot_temperatures_K),
+            f"{key}.hot_temperatures_K",
+            "positive temperatures (K)",
+            list(self.hot_temperatures_K),
+        )
+        _check(
+            all(-0.2 < s < 0.2 for s in self.bulk_strains),
+            f"{key}.bulk_strains",
+            "relative strains between -0.2 and 0.2",
+            list(self.bulk_strains),
+        )
+        _check(
+            len(self.bulk_size) == 3 and all(n >= 1 for n in self.bulk_size),
+            f"{key}.bulk_size",
+            "three positive integers",
+            list(self.bulk_size),
+        )
+        for name in ("hot_snapshots", "bulk_snapshots", "production_slab_snapshots"):
+            _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
+        for name in (
+            "high_energy_duration_fs",
+            "thermal_interval_fs",
+            "hot_duration_fs",
+            "bulk_duration_fs",
+            "production_slab_duration_fs",
+            "bulk_temperature_K",
+        ):
             _check(
                 getattr(self, name) > 0, f"{key}.{name}", "a positive number", getattr(self, name)
             )

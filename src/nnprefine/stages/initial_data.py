@@ -98,27 +98,93 @@ def prepared_slab(
 
 def _initial_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:
     """(key, arguments) of every reference trajectory of the initial data."""
-    init = project.config.initial_data
+    from nnprefine.structures import hcp_bulk
+
+    cfg = project.config
+    init = cfg.initial_data
+    slab = prepared_slab(project, init.slab)
     tasks: list[tuple[str, dict[str, Any]]] = []
+
+    def add(key: str, structure: Any, **kw: Any) -> None:
+        tasks.append((key, dict(slab=structure, seed=project.seed("init", key), **kw)))
+
     for energy in init.energies_eV:
         for run in range(init.runs_per_energy):
-            key = f"impact-{energy:g}eV-{run:04d}"
-            kw = dict(
+            duration = init.duration_fs(energy)
+            add(
+                f"impact-{energy:g}eV-{run:04d}",
+                slab,
                 energy_eV=energy,
-                duration_fs=init.duration_fs(energy),
-                seed=project.seed("init", key),
+                duration_fs=duration,
                 snapshots=init.snapshots_per_run,
             )
-            tasks.append((key, kw))
     if init.thermal_frames:
-        kw = dict(
+        duration = init.thermal_frames * init.thermal_interval_fs
+        add("thermal", slab, energy_eV=0.0, duration_fs=duration, snapshots=init.thermal_frames)
+    # coverage of what production meets beyond the paper's protocol
+    for temperature in init.hot_temperatures_K:
+        add(
+            f"hot_slab-{temperature:g}K",
+            slab,
             energy_eV=0.0,
-            duration_fs=init.thermal_frames * init.thermal_interval_fs,
-            seed=project.seed("init", "thermal"),
-            snapshots=init.thermal_frames,
+            duration_fs=init.hot_duration_fs,
+            snapshots=init.hot_snapshots,
+            temperature_K=temperature,
         )
-        tasks.append(("thermal", kw))
+    if init.bulk_strains:
+        lat = lattice(project)
+        for strain in init.bulk_strains:
+            a, c = lat["a_A"] * (1 + strain), lat["c_A"] * (1 + strain)
+            bulk = hcp_bulk(cfg.project.element, a_A=a, c_A=c).repeat(init.bulk_size)
+            add(
+                f"bulk-{strain:+.3f}",
+                bulk,
+                energy_eV=0.0,
+                duration_fs=init.bulk_duration_fs,
+                snapshots=init.bulk_snapshots,
+                temperature_K=init.bulk_temperature_K,
+            )
+    if init.production_slab_snapshots and cfg.production:
+        production = prepared_slab(project, cfg.production[0].slab)
+        add(
+            "production_slab",
+            production,
+            energy_eV=0.0,
+            duration_fs=init.production_slab_duration_fs,
+            snapshots=init.production_slab_snapshots,
+        )
     return tasks
+
+
+def run_reference_trajectories(
+    project: Project, stage: str, origin: str, tasks: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Run the reference trajectories ``tasks`` of ``stage`` not yet finished; store each
+    one's labelled snapshots (origin ``origin``, iteration 0) as it arrives."""
+    cfg = project.config
+    ref = cfg.reference.spec()
+    done = project.finished_tasks(stage)
+    todo = [(k, kw) for k, kw in tasks if k not in done]
+    project.say(f"{stage}: {len(tasks)} reference trajectories ({len(todo)} to run)")
+    shared = dict(reference=ref, settings=cfg.initial_data.impact)
+    with project.store() as store, project.executor() as executor:
+        for i, out in enumerate(executor.run(reference_trajectory_frames, todo, shared), 1):
+            if not out.ok:
+                project.say(f"  {out.key}: failed ({out.error}); recorded, not retried")
+                project.finish_task(stage, out.key, failed=out.error)
+                continue
+            ids = store.add_many(
+                out.value,
+                origin=origin,
+                iteration=0,
+                reference=ref,
+                seed=dict(todo)[out.key]["seed"],
+                trajectory=out.key,
+            )
+            project.finish_task(stage, out.key, frames=sum(i is not None for i in ids))
+            if i % max(1, len(todo) // 10) == 0 or i == len(todo):
+                n = store.count(origin=origin)
+                project.say(f"  {i}/{len(todo)} trajectories done, {n} frames stored")
 
 
 def initial_data(project: Project) -> dict[str, Any]:
@@ -126,34 +192,11 @@ def initial_data(project: Project) -> dict[str, Any]:
     rec = project.stage_record("initial_data")
     if rec is not None:
         return rec
-    cfg = project.config
     lattice(project)
-    slab = prepared_slab(project, cfg.initial_data.slab)
-    ref = cfg.reference.spec()
     tasks = _initial_tasks(project)
-    done = project.finished_tasks("initial_data")
-    todo = [(k, kw) for k, kw in tasks if k not in done]
-    project.say(f"initial data: {len(tasks)} reference trajectories ({len(todo)} to run)")
-    shared = dict(slab=slab, reference=ref, settings=cfg.initial_data.impact)
-    with project.store() as store, project.executor() as executor:
-        for i, out in enumerate(executor.run(reference_trajectory_frames, todo, shared), 1):
-            if not out.ok:
-                project.say(f"  {out.key}: failed ({out.error}); recorded, not retried")
-                project.finish_task("initial_data", out.key, failed=out.error)
-                continue
-            kw = dict(todo)[out.key]
-            ids = store.add_many(
-                out.value,
-                origin="initial",
-                iteration=0,
-                reference=ref,
-                seed=kw["seed"],
-                trajectory=out.key,
-            )
-            project.finish_task("initial_data", out.key, frames=sum(i is not None for i in ids))
-            if i % max(1, len(todo) // 10) == 0 or i == len(todo):
-                project.say(f"  {i}/{len(todo)} trajectories done, {len(store)} frames stored")
-        rec = {"frames": store.count(iteration=0), "trajectories": len(tasks)}
+    run_reference_trajectories(project, "initial_data", "initial", tasks)
+    with project.store() as store:
+        rec = {"frames": store.count(origin="initial"), "trajectories": len(tasks)}
     project.record_stage("initial_data", rec)
     return rec
 

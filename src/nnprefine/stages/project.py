@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,9 +80,13 @@ class Project:
             logger.propagate = False
         return logger
 
-    def say(self, message: str) -> None:
-        """Log a line to the project log and print it."""
+    def say(self, message: str, colour: str | None = None) -> None:
+        """Log a line to the project log and print it (in ``colour``, "red" or "green", on
+        a terminal)."""
         self.log.info(message)
+        codes = {"red": "\033[1;31m", "green": "\033[1;32m"}
+        if colour in codes and sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+            message = f"{codes[colour]}{message}\033[0m"
         print(message, flush=True)
 
     # -- seeds ---------------------------------------------------------------------------

@@ -16,9 +16,8 @@ from typing import Any
 from nnprefine.common import save_npz, write_json
 from nnprefine.errors import NnprefineError
 from nnprefine.reference import label_frame
-from nnprefine.stages.initial_data import lattice, prepared_slab
+from nnprefine.stages.initial_data import lattice, prepared_slab, run_reference_trajectories
 from nnprefine.stages.project import Project
-from nnprefine.trajectories import reference_trajectory_frames
 
 __all__ = ["say_validation", "validate", "validation_data", "validation_frames"]
 
@@ -26,28 +25,29 @@ __all__ = ["say_validation", "validate", "validation_data", "validation_frames"]
 def _trajectory_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:
     """(key, arguments) of the validation set's reference-driven trajectories."""
     v = project.config.validation
+    slab = prepared_slab(project, project.config.initial_data.slab)
     tasks: list[tuple[str, dict[str, Any]]] = []
+
+    def add(key: str, **kw: Any) -> None:
+        tasks.append((key, dict(slab=slab, seed=project.seed("validation", key), **kw)))
+
     for energy in v.impact_energies_eV:
         for run in range(v.impact_runs_per_energy):
-            key = f"validation-impact-{energy:g}eV-{run:04d}"
-            kw = dict(
+            add(
+                f"validation-impact-{energy:g}eV-{run:04d}",
                 energy_eV=energy,
                 duration_fs=v.impact_duration_fs,
                 snapshots=v.impact_snapshots_per_run,
-                seed=project.seed("validation", key),
             )
-            tasks.append((key, kw))
     if v.hot_snapshots_per_temperature:
         for temperature in v.hot_temperatures_K:
-            key = f"validation-hot_slab-{temperature:g}K"
-            kw = dict(
+            add(
+                f"validation-hot_slab-{temperature:g}K",
                 energy_eV=0.0,
                 duration_fs=v.hot_duration_fs,
                 snapshots=v.hot_snapshots_per_temperature,
-                seed=project.seed("validation", key),
                 temperature_K=temperature,
             )
-            tasks.append((key, kw))
     return tasks
 
 
@@ -78,31 +78,12 @@ def validation_data(project: Project) -> dict[str, Any]:
 
     cfg = project.config
     ref = cfg.reference.spec()
-    slab = prepared_slab(project, cfg.initial_data.slab)
+    run_reference_trajectories(project, "validation", "validation", _trajectory_tasks(project))
     done = project.finished_tasks("validation")
-    tasks = [(k, kw) for k, kw in _trajectory_tasks(project) if k not in done]
-    singles = [(k, atoms) for k, atoms in _single_frames(project) if k not in done]
-    project.say(
-        f"validation set: {len(tasks)} reference trajectories and {len(singles)} single "
-        "structures to label"
-    )
-    shared = dict(slab=slab, reference=ref, settings=cfg.initial_data.impact)
+    singles = [(k, dict(atoms=atoms)) for k, atoms in _single_frames(project) if k not in done]
+    project.say(f"validation: {len(singles)} single structures to label")
     with project.store() as store, project.executor() as executor:
-        for out in executor.run(reference_trajectory_frames, tasks, shared):
-            if not out.ok:
-                project.say(f"  {out.key}: failed ({out.error}); recorded, not retried")
-                project.finish_task("validation", out.key, failed=out.error)
-                continue
-            store.add_many(
-                out.value,
-                origin="validation",
-                reference=ref,
-                trajectory=out.key,
-                seed=dict(tasks)[out.key]["seed"],
-            )
-            project.finish_task("validation", out.key, frames=len(out.value))
-        label_tasks = [(k, dict(atoms=atoms)) for k, atoms in singles]
-        for out in executor.run(label_frame, label_tasks, dict(reference=ref)):
+        for out in executor.run(label_frame, singles, dict(reference=ref)):
             if not out.ok:
                 project.say(f"  {out.key}: label failed ({out.error}); recorded, not retried")
                 project.finish_task("validation", out.key, failed=out.error)
@@ -181,5 +162,8 @@ def say_validation(project: Project, out: dict[str, Any]) -> None:
         f"  rank correlation of force disagreement with error {rho:.2f}; calibration "
         f"α_E = {alpha['energy']:.2f}, α_F = {alpha['force']:.2f}"
     )
-    mark = "OK" if out["verdict"]["ok"] else "MISSED"
-    project.say(f"  [{mark}] model '{out['model']}' {out['verdict']['line']}")
+    ok = out["verdict"]["ok"]
+    project.say(
+        f"  [{'OK' if ok else 'MISSED'}] model '{out['model']}' {out['verdict']['line']}",
+        colour="green" if ok else "red",
+    )
