@@ -65,6 +65,10 @@ def main() -> None:
     )
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "be0001-quick.toml")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--optimizer", choices=("adam", "kalman"), default=None)
+    ap.add_argument(
+        "--subsets", nargs="+", default=None, help="only these subsets (names as printed)"
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/coverage"))
     args = ap.parse_args()
 
@@ -83,15 +87,20 @@ def main() -> None:
     settings = dataclasses.replace(project.config.training.settings, seed=project.seed("train"))
     if args.epochs:
         settings = dataclasses.replace(settings, epochs=args.epochs, patience_epochs=args.epochs)
+    if args.optimizer:
+        settings = dataclasses.replace(settings, optimizer=args.optimizer)
+    tag = f"{settings.optimizer}-{settings.epochs}"
     log = args.out / "coverage.jsonl"
     done = {}
     if log.exists():
         for line in log.read_text().splitlines():
             row = json.loads(line)
-            done[(row["subset"], row["epochs"])] = row
+            done[(row["subset"], row.get("tag", f"adam-{row['epochs']}"))] = row
     rows = []
     for name, prefixes in subsets().items():
-        key = (name, settings.epochs)
+        if args.subsets and name not in args.subsets:
+            continue
+        key = (name, tag)
         if key not in done:
             pick = [f for f in train_all if str(f.info["trajectory"]).startswith(prefixes)]
             test = [f for f in test_all if str(f.info["trajectory"]).startswith(prefixes)]
@@ -101,6 +110,7 @@ def main() -> None:
             result = score(committee, validation).summary()
             row = {
                 "subset": name,
+                "tag": tag,
                 "epochs": settings.epochs,
                 "train_frames": len(pick),
                 "train_s": time.perf_counter() - t1,
@@ -126,6 +136,7 @@ def main() -> None:
             {
                 "config": str(args.config),
                 "epochs": settings.epochs,
+                "optimizer": settings.optimizer,
                 "label_s": label_s,
                 "validation_frames": len(validation),
                 "subsets": {
