@@ -288,3 +288,15 @@ def test_validation_frames_never_reach_training_or_early_stopping(finished, monk
     assert seen["train"] and seen["test"]
     for frame in seen["train"] + seen["test"]:
         assert frame.info["origin"] != "validation" and frame.info["split"] != "validation"
+
+
+def test_validate_command_scores_a_model_and_exits_3_when_targets_are_missed(finished, capsys):
+    assert main(["validate", str(finished / "tiny.toml"), "--model", "iter-001"]) == 3
+    text = capsys.readouterr().out
+    for group in ("impact", "hot_slab", "production_slab", "bulk"):
+        assert re.search(rf"validation +{group}: +\d+ frames", text), group
+    assert "[MISSED] model 'iter-001'" in text
+    scored = json.loads((finished / "out" / "models" / "iter-001" / "validation.json").read_text())
+    assert scored["model"] == "iter-001" and scored["all"]["frames"] == 8
+    assert main(["validate", str(finished / "tiny.toml"), "--model", "nope"]) == 1
+    assert "no model 'nope'" in capsys.readouterr().err
