@@ -47,6 +47,22 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
 
 
+def _check_hot_and_bulk(section: Any, key: str) -> None:
+    """The lists of temperatures and strains that initial data and validation share."""
+    _check(
+        all(t > 0 for t in section.hot_temperatures_K),
+        f"{key}.hot_temperatures_K",
+        "positive temperatures (K)",
+        list(section.hot_temperatures_K),
+    )
+    _check(
+        all(-0.2 < s < 0.2 for s in section.bulk_strains),
+        f"{key}.bulk_strains",
+        "relative strains between -0.2 and 0.2",
+        list(section.bulk_strains),
+    )
+
+
 @contextlib.contextmanager
 def _naming_keys(section: Any, key: str, names: dict[str, str] | None = None) -> Iterator[None]:
     """Re-raise a domain's :class:`ConfigError` with the TOML key of the field it names.
@@ -395,18 +411,7 @@ class InitialDataConfig:
         )
         for name in ("runs_per_energy", "snapshots_per_run", "thermal_frames"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
-        _check(
-            all(t > 0 for t in self.hot_temperatures_K),
-            f"{key}.hot_temperatures_K",
-            "positive temperatures (K)",
-            list(self.hot_temperatures_K),
-        )
-        _check(
-            all(-0.2 < s < 0.2 for s in self.bulk_strains),
-            f"{key}.bulk_strains",
-            "relative strains between -0.2 and 0.2",
-            list(self.bulk_strains),
-        )
+        _check_hot_and_bulk(self, key)
         _check(
             len(self.bulk_size) == 3 and all(n >= 1 for n in self.bulk_size),
             f"{key}.bulk_size",
@@ -461,18 +466,7 @@ class ValidationConfig:
             "positive energies",
             list(self.impact_energies_eV),
         )
-        _check(
-            all(t > 0 for t in self.hot_temperatures_K),
-            f"{key}.hot_temperatures_K",
-            "positive temperatures (K)",
-            list(self.hot_temperatures_K),
-        )
-        _check(
-            all(-0.2 < s < 0.2 for s in self.bulk_strains),
-            f"{key}.bulk_strains",
-            "relative strains between -0.2 and 0.2",
-            list(self.bulk_strains),
-        )
+        _check_hot_and_bulk(self, key)
         for name in ("impact_runs_per_energy", "impact_snapshots_per_run"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
         _check(
