@@ -132,15 +132,17 @@ class Project:
     # -- resources -----------------------------------------------------------------------
     @contextmanager
     def executor(self) -> Iterator[Any]:
+        """The config's executor (in-process or a Dask cluster), closed when the block ends."""
         from nnprefine import parallel
 
-        ex = parallel.make_executor(self.config.executor.spec())
+        executor = parallel.make_executor(self.config.executor.spec())
         try:
-            yield ex
+            yield executor
         finally:
-            ex.close()
+            executor.close()
 
-    def store(self):
+    def store(self) -> Any:
+        """The project's frame store (``data.db``), to use as a context manager."""
         from nnprefine.dataset import FrameStore
 
         return FrameStore(
