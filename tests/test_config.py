@@ -181,3 +181,23 @@ def test_slab_labels_name_the_project_element():
     assert config.initial_data.slab.label.startswith("W(0001)")
     with pytest.raises(ConfigError, match="unknown key 'initial_data.slab.element'"):
         config_from_dict({"initial_data": {"slab": {"element": "W"}}})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"production": [{"duration_fs": float("inf")}]}, r"production\[0\].duration_fs = inf"),
+        ({"initial_data": {"energies_eV": [float("nan")]}}, r"initial_data.energies_eV\[0\]"),
+        ({"reference": {"kwargs": {"cutoff": 5.0}}}, r"reference.kwargs .* built-in SNAP"),
+    ],
+)
+def test_non_finite_numbers_and_settings_the_builtin_reference_lacks_fail_at_load(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_an_empty_config_file_points_at_the_examples(tmp_path):
+    path = tmp_path / "empty.toml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="empty.*examples/be0001-quick.toml"):
+        load_config(path)

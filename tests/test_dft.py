@@ -334,8 +334,8 @@ def test_one_refinement_iteration_with_gpaw_labels(tmp_path):
     project = Project(config_from_dict(data, base_dir=tmp_path))
     slab_cfg = project.config.initial_data.slab
     slab = make_slab("0001", (2, 2, 2), a_A=2.29, c_A=3.58, vacuum_A=4.0, fixed_layers=1)
-    project.slab_path(slab_cfg.label).parent.mkdir(parents=True)
-    write(project.slab_path(slab_cfg.label), slab)
+    project.slab_path(slab_cfg.file_key).parent.mkdir(parents=True)
+    write(project.slab_path(slab_cfg.file_key), slab)
     initial = []
     for seed in range(4):
         frame = slab.copy()

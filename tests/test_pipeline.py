@@ -217,9 +217,9 @@ def test_production_slab_prepared_by_the_model(finished, tmp_path):
     shutil.copy(finished / "calls.log", tmp_path / "calls.log")
     assert main(["sputter", str(tmp_path / "tiny.toml")]) == 0
     slabs = tmp_path / "out" / "slabs"
-    assert (slabs / "Be(0001)-3x3x3-model.traj").exists()
-    model_slab = read(slabs / "Be(0001)-3x3x3-model.traj")
-    reference_slab = read(slabs / "Be(0001)-3x3x3.traj")
+    assert (slabs / "Be(0001)-3x3x3-vacuum5A-model.traj").exists()
+    model_slab = read(slabs / "Be(0001)-3x3x3-vacuum5A-model.traj")
+    reference_slab = read(slabs / "Be(0001)-3x3x3-vacuum5A.traj")
     assert len(model_slab) == len(reference_slab)
     assert np.abs(model_slab.positions - reference_slab.positions).max() > 1e-3
     assert len(_trajectories(tmp_path / "out")) == 5

@@ -48,7 +48,7 @@ def test_a_prepared_slab_is_built_once_then_read_from_its_file(project):
     assert built_with > 10  # relaxation and equilibration steps
     again = prepared_slab(project, slab_cfg, calc=CountingSnap())
     assert CountingSnap.calls == built_with  # read back, no new calculation
-    assert project.slab_path("Be(0001)-3x3x4").exists()
+    assert project.slab_path("Be(0001)-3x3x4-vacuum6A").exists()
     np.testing.assert_array_equal(again.positions, first.positions)
     np.testing.assert_array_equal(again.get_velocities(), first.get_velocities())
     # the reference's lattice constant, not the config's guess, sets the cell
@@ -58,7 +58,11 @@ def test_a_prepared_slab_is_built_once_then_read_from_its_file(project):
     fixed = fixed_mask(first)
     assert fixed.any() and np.all(v[fixed] == 0.0) and np.all(v[~fixed] > 0.0)
     # a tag keeps a differently prepared slab apart
-    assert not project.slab_path("Be(0001)-3x3x4-model").exists()
+    assert not project.slab_path("Be(0001)-3x3x4-vacuum6A-model").exists()
+    # another vacuum is another slab, not this file read back
+    CountingSnap.calls = 0
+    prepared_slab(project, SlabConfig("0001", (3, 3, 4), 7.0), calc=CountingSnap())
+    assert CountingSnap.calls > 10 and project.slab_path("Be(0001)-3x3x4-vacuum7A").exists()
 
 
 def test_selected_frames_rebuild_as_the_atoms_that_were_explored(tmp_path):

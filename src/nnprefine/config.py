@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -126,6 +127,12 @@ class ReferenceConfig:
             "'builtin-snap' or an import path 'module:Class'",
             self.calculator,
         )
+        _check(
+            self.calculator not in ("builtin-snap", "snap") or not self.kwargs,
+            f"{key}.kwargs",
+            "none for the built-in SNAP reference (it has no settings; remove the table)",
+            self.kwargs,
+        )
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,12 @@ class SlabConfig:
     @property
     def label(self) -> str:
         return f"{self.element}({self.surface})-{'x'.join(str(n) for n in self.size)}"
+
+    @property
+    def file_key(self) -> str:
+        """The label with every other builder argument: slabs that differ in vacuum get
+        files of their own."""
+        return f"{self.label}-vacuum{self.vacuum_A:g}A"
 
 
 @dataclass(frozen=True)
@@ -801,6 +814,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} is not allowed: a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -948,6 +963,14 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a text file; give a TOML config") from exc
+    if not data:
+        raise ConfigError(
+            f"{path} is empty; an empty config would mean the paper's full protocol "
+            "(hundreds of reference trajectories). Start from a file in examples/, e.g. "
+            "examples/be0001-quick.toml"
+        )
     return config_from_dict(data, base_dir=path.parent)
 
 

@@ -3,7 +3,7 @@ and the validation set (:mod:`nnprefine.stages.validation`).
 
 - :func:`lattice` relaxes hcp bulk with the reference (recorded once).
 - :func:`prepared_slab` builds, relaxes and equilibrates a slab (written once to
-  ``slabs/<label>.traj``, read from there afterwards).
+  ``slabs/<label>-vacuum<v>A.traj``, read from there afterwards).
 - :func:`initial_data` runs reference-driven impacts and thermal MD on the small slab;
   random snapshots carry the reference's own energies and forces (no extra calls) and
   are stored as iteration 0. Resumable per trajectory.
@@ -53,14 +53,14 @@ def prepared_slab(
     its file).
 
     ``calc``: what relaxes and equilibrates it (default: the reference); ``tag`` names the
-    file apart from the reference-prepared one (``slabs/<label><tag>.traj``). The lattice
+    file apart from the reference-prepared one (``slabs/<file_key><tag>.traj``). The lattice
     constants are the reference's (stage ``lattice``) when known, else the config's guesses.
     """
     from ase.io import read, write
 
     from nnprefine.structures import prepare_slab
 
-    path = project.slab_path(slab_config.label + tag)
+    path = project.slab_path(slab_config.file_key + tag)
     if path.exists():
         return read(path)
     cfg = project.config

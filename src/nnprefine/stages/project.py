@@ -7,7 +7,7 @@ Layout of ``output_dir``::
     data.db                  labelled frames (nnprefine.dataset.FrameStore)
     results.db               production trajectories (nnprefine.sputter)
     lattice.json             hcp a, c, E of the reference (and later of the model)
-    slabs/<label>.traj       relaxed, equilibrated slabs (positions + velocities)
+    slabs/<label>-vacuum<v>A.traj   relaxed, equilibrated slabs (positions + velocities)
     models/iter-<k>/         the committee trained for refinement iteration k
     models/final/            the committee trained on all data
     refine/iter-<k>/         exploration results, selection, summary of iteration k
