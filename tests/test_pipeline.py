@@ -300,3 +300,29 @@ def test_validate_command_scores_a_model_and_exits_3_when_targets_are_missed(fin
     assert scored["model"] == "iter-001" and scored["all"]["frames"] == 8
     assert main(["validate", str(finished / "tiny.toml"), "--model", "nope"]) == 1
     assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_a_second_run_on_a_project_in_use_fails_at_once_naming_the_holder(
+    finished, tmp_path, capsys
+):
+    import socket
+
+    shutil.copytree(finished / "out", tmp_path / "out")
+    config = tmp_path / "tiny.toml"
+    text = (finished / "tiny.toml").read_text()
+    config.write_text(text.replace(str(finished / "out"), str(tmp_path / "out")))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / "out" / "nnprefine.lock"
+        lock.write_text(
+            json.dumps(
+                {"pid": other.pid, "host": socket.gethostname(), "started": "t", "command": "x"}
+            )
+        )
+        assert main(["run", str(config)]) == 1
+        assert f"in use by process {other.pid}" in capsys.readouterr().err
+        assert main(["status", str(config)]) == 0  # reading still works
+    finally:
+        other.kill()
+        other.wait()
+    assert main(["report", str(config)]) == 0  # the holder is gone: its stale lock is taken

@@ -172,3 +172,35 @@ def test_coverage_additions_label_hot_slab_bulk_and_production_slab_frames(tmp_p
     slab = prepared_slab(project, config.initial_data.slab)
     shift = np.abs(by_run["hot_slab-2500K"][-1].positions - slab.positions).max()
     assert shift > 0.05
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_stale_lock_is_taken_over(project):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from nnprefine.errors import NnprefineError
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {
+            "pid": other.pid,
+            "host": socket.gethostname(),
+            "started": "now",
+            "command": "nnprefine run other.toml",
+        }
+        project.lock_path.write_text(json.dumps(holder))
+        with pytest.raises(NnprefineError, match=rf"in use by process {other.pid} .*other.toml"):
+            with project.lock("nnprefine run"):
+                pass
+    finally:
+        other.kill()
+        other.wait()
+    # the holder is gone: its lock is stale and taken over, then released
+    with project.lock("nnprefine run"):
+        assert json.loads(project.lock_path.read_text())["pid"] != other.pid
+        with project.lock("nested stage"):  # re-entrant within one process
+            pass
+        assert project.lock_path.exists()
+    assert not project.lock_path.exists()

@@ -49,13 +49,14 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from nnprefine import pipeline
 
     project = _project(args)
-    project.save_config()
-    if args.command == "run":
-        pipeline.run(project)
-    else:
-        pipeline.STAGES[args.command](project)
-        if args.command == "report":
-            print(f"report: {project.dir / 'report.html'}")
+    with project.lock(f"nnprefine {args.command} {args.config}"):
+        project.save_config()
+        if args.command == "run":
+            pipeline.run(project)
+        else:
+            pipeline.STAGES[args.command](project)
+            if args.command == "report":
+                print(f"report: {project.dir / 'report.html'}")
     return 0
 
 
@@ -72,7 +73,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from nnprefine.stages.validation import say_validation, validate
 
     project = _project(args)
-    out = validate(project, args.model)
+    with project.lock(f"nnprefine validate {args.config}"):
+        out = validate(project, args.model)
     say_validation(project, out)
     print(f"figures: {project.model_dir(args.model) / 'validation.json'}")
     return 0 if out["verdict"]["ok"] else 3

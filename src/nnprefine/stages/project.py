@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +36,32 @@ from typing import Any
 from nnprefine import __version__
 from nnprefine.common import derive_seed, json_default, write_json
 from nnprefine.config import Config, config_to_dict
+from nnprefine.errors import NnprefineError
 
 __all__ = ["Project"]
+
+#: lock files this process holds (a stage called inside a locked run does not lock again)
+_HELD: set[Path] = set()
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _lock_is_stale(holder: dict[str, Any]) -> bool:
+    """True when the holder is a process of this host that no longer runs."""
+    if holder.get("host") != socket.gethostname():
+        return False  # another machine's process: cannot tell, so trust it
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError):
+        return False
+    return False
 
 
 class Project:
@@ -128,6 +154,55 @@ class Project:
             fh.write(json.dumps({"key": key, **record}, default=json_default) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    # -- one writer at a time ------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.dir / "nnprefine.lock"
+
+    @contextmanager
+    def lock(self, command: str = "nnprefine") -> Iterator[None]:
+        """Hold the project for one writer while the block runs.
+
+        A second writer fails at once with a :class:`NnprefineError` naming the holder
+        (process, host, start time, command). A lock left by a process that no longer
+        exists on this host is taken over. Re-entrant within one process.
+        """
+        if self.lock_path in _HELD:
+            yield
+            return
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": command,
+        }
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(self.lock_path)
+                if holder is not None and not _lock_is_stale(holder):
+                    raise NnprefineError(
+                        f"{self.dir} is in use by process {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('started')} "
+                        f"({holder.get('command')}); wait for it to finish or stop it. If "
+                        f"that process is gone, delete {self.lock_path}"
+                    ) from None
+                self.lock_path.unlink(missing_ok=True)  # stale or unreadable: take it over
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(me) + "\n")
+            break
+        else:
+            raise NnprefineError(f"could not take the lock {self.lock_path}; retry")
+        _HELD.add(self.lock_path)
+        try:
+            yield
+        finally:
+            _HELD.discard(self.lock_path)
+            if (_read_lock(self.lock_path) or {}).get("pid") == me["pid"]:
+                self.lock_path.unlink(missing_ok=True)
 
     # -- resources -----------------------------------------------------------------------
     @contextmanager
