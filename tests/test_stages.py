@@ -204,3 +204,48 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_stale_lock_is_taken_
             pass
         assert project.lock_path.exists()
     assert not project.lock_path.exists()
+
+
+def test_a_reference_returning_nan_in_reference_driven_md_fails_the_stage_loudly(tmp_path):
+    """Not a silent truncation: each such trajectory is a recorded failure with its cause,
+    and the stage stops before training when too many failed."""
+    import dataclasses
+    import sys
+
+    from _tiny import TESTS_DIR
+
+    from nnprefine.config import ReferenceConfig
+    from nnprefine.errors import ReferenceCalculationError
+    from nnprefine.stages import initial_data, lattice
+
+    sys.path.insert(0, str(TESTS_DIR))
+    base = config_from_dict(
+        {
+            "project": {"output_dir": str(tmp_path / "out"), "seed": 5},
+            "descriptor": {"preset": "generated", "r_cut_A": 4.0},
+            "structures": {"equilibration_fs": 10.0, "relax_fmax_eV_per_A": 5e-2},
+            "initial_data": {
+                "slab": {"size": [3, 3, 3], "vacuum_A": 5.0},
+                "energies_eV": [50.0],
+                "runs_per_energy": 3,
+                "duration_fs": 5.0,
+                "snapshots_per_run": 2,
+                "thermal_frames": 0,
+            },
+            "production": [{"slab": {"size": [3, 3, 3], "vacuum_A": 5.0}}],
+        }
+    )
+    good = Project(base)
+    lattice(good)
+    prepared_slab(good, base.initial_data.slab)  # the slab, prepared by the sound reference
+    nan_every_third = ReferenceConfig("_tiny:TestReference", {"fail_pattern": "..n"})
+    project = Project(dataclasses.replace(base, reference=nan_every_third))
+    with pytest.raises(
+        ReferenceCalculationError,
+        match=r"3 of 3 reference trajectories of initial_data failed.*non-finite",
+    ):
+        initial_data(project)
+    failed = project.finished_tasks("initial_data")
+    assert len(failed) == 3 and all("non-finite" in r["failed"] for r in failed.values())
+    with project.store() as store:
+        assert store.count(origin="initial") == 0  # no truncated run slipped in as data

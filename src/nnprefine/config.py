@@ -395,6 +395,9 @@ class InitialDataConfig:
     bulk_duration_fs: float = 100.0
     production_slab_snapshots: int = 0
     production_slab_duration_fs: float = 100.0
+    #: a stage of reference trajectories (initial data, validation set) refuses to go on
+    #: when more than this fraction of them failed (a reference that returns NaN, raises)
+    max_failed_fraction: float = 0.2
     #: reference-driven impacts: ``timestep_fs``, ``duration_fs`` and the sanity bounds
     #: ``min_distance_A``, ``max_energy_drift_eV``, ``max_potential_drop_eV`` of
     #: :class:`nnprefine.impact.ImpactSettings`, flat in ``[initial_data]``
@@ -430,6 +433,12 @@ class InitialDataConfig:
             f"{key}.bulk_size",
             "three positive integers",
             list(self.bulk_size),
+        )
+        _check(
+            0 <= self.max_failed_fraction <= 1,
+            f"{key}.max_failed_fraction",
+            "in [0, 1]",
+            self.max_failed_fraction,
         )
         for name in ("hot_snapshots", "bulk_snapshots", "production_slab_snapshots"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))

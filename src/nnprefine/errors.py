@@ -33,3 +33,7 @@ class ModelError(NnprefineError, ValueError):
 
 class SimulationError(NnprefineError, RuntimeError):
     """An MD run became unphysical (NaN, overlapping atoms, exploding energy)."""
+
+
+class NonFiniteResultError(SimulationError):
+    """The calculator driving an MD run returned a NaN or infinite energy or force."""

@@ -37,7 +37,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.data import atomic_masses, atomic_numbers
 
-from nnprefine.errors import ConfigError, SimulationError
+from nnprefine.errors import ConfigError, NonFiniteResultError, SimulationError
 from nnprefine.md import (
     AdaptiveTimestep,
     HeatSink,
@@ -526,7 +526,9 @@ def run_impact(
         try:
             reason = dyn.run(duration)
         except SimulationError as exc:
-            reason, unphysical, detail = "unphysical", True, str(exc)
+            # "non-finite": the calculator itself failed (NaN/inf), not the dynamics
+            reason = "non-finite" if isinstance(exc, NonFiniteResultError) else "unphysical"
+            unphysical, detail = True, str(exc)
             break
         if reason == SanityObserver.reason:
             unphysical, detail = True, sanity.detail

@@ -29,7 +29,7 @@ import vesin
 from ase import Atoms, units
 from ase.geometry import find_mic
 
-from nnprefine.errors import ConfigError, SimulationError
+from nnprefine.errors import ConfigError, NonFiniteResultError
 from nnprefine.structures import fixed_mask
 
 __all__ = [
@@ -319,7 +319,7 @@ class VelocityVerlet:
         s.force_time_s += time.thread_time() - t0
         s.n_force_calls += 1
         if not (math.isfinite(energy) and np.isfinite(forces).all()):
-            raise SimulationError(
+            raise NonFiniteResultError(
                 f"the calculator returned a non-finite energy or force at step {s.step} "
                 f"(t = {s.time_fs:.3f} fs); the configuration is unphysical or the model "
                 "left its training domain — reduce the time step or refine the potential"

@@ -23,7 +23,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from nnprefine.errors import SimulationError
+from nnprefine.errors import NonFiniteResultError, ReferenceCalculationError, SimulationError
 from nnprefine.impact import ImpactSettings, run_impact
 from nnprefine.reference import cached_reference
 
@@ -59,13 +59,15 @@ def _thermal_run(
     atoms.calc = calc
     try:
         dyn = VelocityVerlet(atoms, settings.timestep_fs)
-    except SimulationError:
-        return "unphysical"
+    except SimulationError as exc:  # the first force call failed
+        raise ReferenceCalculationError(f"thermal run: {exc}") from exc
     sanity = SanityObserver(atoms, settings.min_distance_A, settings.max_energy_drift_eV)
     dyn.attach(sanity, 1)
     dyn.attach(lambda state: record(state) and None, 1)
     try:
         return dyn.run(duration_fs)
+    except NonFiniteResultError as exc:
+        raise ReferenceCalculationError(f"thermal run: {exc}") from exc
     except SimulationError:
         return "unphysical"
 
@@ -85,8 +87,9 @@ def reference_trajectory_frames(
     ``energy_eV`` > 0: an impact of ``duration_fs`` (``settings`` give the step and the
     sanity bounds); ≤ 0: NVE MD of the slab as it is, or heated to ``temperature_K``
     (a hot slab: velocities drawn at 2·T from ``seed``). The labels are the reference's own
-    energies (eV) and forces (eV/Å) along the run: no extra reference calls. A run that
-    turns unphysical keeps the frames before it.
+    energies (eV) and forces (eV/Å) along the run: no extra reference calls. A run whose
+    dynamics turn unphysical keeps the frames before it; one where the reference returns
+    NaN or inf (or raises) is a :class:`ReferenceCalculationError`, none of its frames kept.
     """
     calc = cached_reference(reference)
     frames: list[Atoms] = []
@@ -106,9 +109,14 @@ def reference_trajectory_frames(
         run = dataclasses.replace(settings, duration_fs=duration_fs, max_extensions=0)
         try:
             result = run_impact(slab, calc, energy_eV, seed, run, observers=((record, 1),))
-            unphysical = result.unphysical
-        except SimulationError:
-            unphysical = True
+        except SimulationError as exc:  # the first force call failed
+            raise ReferenceCalculationError(str(exc)) from exc
+        if result.stop_reason == "non-finite":
+            # the reference failed, not the physics: the whole run is a recorded failure
+            raise ReferenceCalculationError(
+                f"{energy_eV:g} eV impact, seed {seed}: {result.detail}"
+            )
+        unphysical = result.unphysical
     else:
         reason = _thermal_run(slab, calc, duration_fs, settings, record, temperature_K, seed)
         unphysical = reason == "unphysical"

@@ -11,6 +11,7 @@ and the validation set (:mod:`nnprefine.stages.validation`).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from ase import Atoms
 
 from nnprefine.common import atomic_path
 from nnprefine.config import SlabConfig
+from nnprefine.errors import ConfigError, ReferenceCalculationError
 from nnprefine.reference import cached_reference
 from nnprefine.stages.project import Project
 from nnprefine.trajectories import reference_trajectory_frames
@@ -32,12 +34,26 @@ def lattice(project: Project) -> dict[str, Any]:
     rec = project.stage_record("lattice")
     if rec is None:
         cfg = project.config
-        rec = relax_hcp(
-            cached_reference(cfg.reference.spec()),
-            element=cfg.project.element,
-            a_A=cfg.structures.a_A,
-            c_A=cfg.structures.c_A,
-        )
+        try:
+            rec = relax_hcp(
+                cached_reference(cfg.reference.spec()),
+                element=cfg.project.element,
+                a_A=cfg.structures.a_A,
+                c_A=cfg.structures.c_A,
+            )
+        except Exception as exc:  # a DFT code's own error types, numpy's on NaN, ...
+            if isinstance(exc, ReferenceCalculationError | ConfigError):
+                raise
+            raise ReferenceCalculationError(
+                f"relaxing hcp {cfg.project.element} with the reference failed "
+                f"({type(exc).__name__}: {exc}); check [reference] with "
+                "'nnprefine check-reference'"
+            ) from exc
+        if not all(math.isfinite(rec[k]) for k in ("a_A", "c_A", "energy_eV_per_atom")):
+            raise ReferenceCalculationError(
+                f"relaxing hcp {cfg.project.element} with the reference gave {rec}; the "
+                "reference returns NaN or inf"
+            )
         project.record_stage("lattice", rec)
         project.say(
             f"reference hcp {cfg.project.element}: a = {rec['a_A']:.4f} Å, c = {rec['c_A']:.4f} Å, "
@@ -185,6 +201,20 @@ def run_reference_trajectories(
             if i % max(1, len(todo) // 10) == 0 or i == len(todo):
                 n = store.count(origin=origin)
                 project.say(f"  {i}/{len(todo)} trajectories done, {n} frames stored")
+    keys = {k for k, _ in tasks}
+    failed = {k: r["failed"] for k, r in project.finished_tasks(stage).items() if "failed" in r}
+    failed = {k: v for k, v in failed.items() if k in keys}
+    if failed:
+        project.say(f"{stage}: {len(failed)} of {len(tasks)} reference trajectories failed")
+    limit = cfg.initial_data.max_failed_fraction
+    if tasks and len(failed) > limit * len(tasks):
+        first = next(iter(failed.items()))
+        raise ReferenceCalculationError(
+            f"{len(failed)} of {len(tasks)} reference trajectories of {stage} failed, more "
+            f"than initial_data.max_failed_fraction = {limit}; the first, {first[0]}: "
+            f"{first[1]}. Fix the reference, then delete the failed lines of "
+            f"{project.dir / 'tasks' / (stage + '.jsonl')} and run again"
+        )
 
 
 def initial_data(project: Project) -> dict[str, Any]:
