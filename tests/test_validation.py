@@ -21,8 +21,11 @@ def test_calibration_recovers_a_known_scale(alpha):
     error = alpha * d * rng.normal(size=d.size)  # errors of spread α·d
     fitted = calibration_scale(d, np.abs(error))
     assert fitted == pytest.approx(alpha, rel=0.02)
-    # frames without disagreement carry no information and are left out
+    # frames without disagreement carry no information and are left out, and so are
+    # frames whose disagreement and error are both rounding noise (a perfect crystal)
     assert calibration_scale(np.r_[d, 0.0], np.r_[np.abs(error), 5.0]) == fitted
+    noise = np.r_[d, 1e-9, 3e-9], np.r_[np.abs(error), 4e-7, 1e-8]
+    assert calibration_scale(*noise) == pytest.approx(fitted)
     assert np.isnan(calibration_scale(np.zeros(3), np.ones(3)))
 
 

@@ -46,15 +46,24 @@ def group_of(atoms: Atoms) -> str:
     return "other"
 
 
+#: frames whose disagreement is below this fraction of the median carry no information
+#: about the scale: forces of a perfect crystal are zero by symmetry, and their "error" and
+#: "disagreement" are both rounding noise, whose ratio is arbitrary
+CALIBRATION_FLOOR = 1e-3
+
+
 def calibration_scale(disagreement: np.ndarray, error: np.ndarray) -> float:
     """Maximum-likelihood α for errors ε_i ~ N(0, (α d_i)²): α = sqrt(mean(ε_i² / d_i²)).
 
-    ``disagreement`` d (n,) > 0 and ``error`` ε (n,) in the same unit; frames with d ≤ 0 or
-    a non-finite value are left out. NaN when no frame is left.
+    ``disagreement`` d (n,) > 0 and ``error`` ε (n,) in the same unit; frames with a
+    non-finite value, or with d at most :data:`CALIBRATION_FLOOR` times the median d, are
+    left out. NaN when no frame is left.
     """
     d = np.asarray(disagreement, dtype=float)
     e = np.asarray(error, dtype=float)
     ok = np.isfinite(d) & np.isfinite(e) & (d > 0)
+    if ok.any():
+        ok &= d > CALIBRATION_FLOOR * np.median(d[ok])
     if not ok.any():
         return float("nan")
     return float(np.sqrt(np.mean((e[ok] / d[ok]) ** 2)))
