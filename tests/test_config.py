@@ -29,7 +29,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
         ),
         ({"initial_data": {"runs_per_energy": -3}}, r"initial_data.runs_per_energy = -3"),
         (
-            {"refine": {"thresholds": [{"force_eV_per_A": -1.0}]}},
+            {"refine": {"thresholds": [{"energy_meV_per_atom": 20.0, "force_eV_per_A": -1.0}]}},
             r"refine.thresholds\[0\].force_eV_per_A",
         ),
         ({"refine": {"thresholds": []}}, r"refine.thresholds"),
@@ -201,3 +201,9 @@ def test_an_empty_config_file_points_at_the_examples(tmp_path):
     path.write_text("# nothing yet\n")
     with pytest.raises(ConfigError, match="empty.*examples/be0001-quick.toml"):
         load_config(path)
+
+
+def test_a_thresholds_table_needs_both_of_its_keys():
+    partial = {"refine": {"thresholds": [{"energy_meV_per_atom": 20.0}]}}
+    with pytest.raises(ConfigError, match=r"refine.thresholds\[0\] needs force_eV_per_A"):
+        config_from_dict(partial)

@@ -530,8 +530,8 @@ class ValidationConfig:
 class ThresholdConfig:
     """Selection thresholds of one refinement iteration (paper: 20 meV/atom, 2 eV/Å; then 2, 0.8)."""
 
-    energy_meV_per_atom: float = 20.0
-    force_eV_per_A: float = 2.0
+    energy_meV_per_atom: float
+    force_eV_per_A: float
 
 
 @dataclass(frozen=True)
@@ -914,6 +914,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             raise ConfigError(f"unknown key '{full}'{hint}")
     for f in flat:
         kwargs[f.name] = _build_flat(f, routed[f.name], f"{prefix}." if prefix else "")
+    missing = [
+        f.name
+        for f in own
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{prefix} needs {' and '.join(missing)} (no default is assumed)")
     return cls(**kwargs)
 
 
