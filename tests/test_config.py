@@ -207,3 +207,12 @@ def test_a_thresholds_table_needs_both_of_its_keys():
     partial = {"refine": {"thresholds": [{"energy_meV_per_atom": 20.0}]}}
     with pytest.raises(ConfigError, match=r"refine.thresholds\[0\] needs force_eV_per_A"):
         config_from_dict(partial)
+
+
+def test_production_slab_frames_need_the_reference_prepared_production_slab():
+    data = {
+        "structures": {"production_slab_driver": "model"},
+        "initial_data": {"production_slab_snapshots": 5},
+    }
+    with pytest.raises(ConfigError, match="initial_data.production_slab_snapshots = 5"):
+        config_from_dict(data)

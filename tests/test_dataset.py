@@ -697,6 +697,9 @@ def test_validation_frames_form_their_own_split(store):
     validation = store.frames(split="validation")
     assert len(validation) == 30 and {f.info["split"] for f in validation} == {"validation"}
     assert store.counts_per_iteration()[0]["total"] == 40
+    # a query that names no split never returns them
+    assert len(store.frames()) == len(store) == store.count(iteration=0) == 40
+    assert store.frames(origin="validation") == []
 
 
 def test_a_schema_1_store_migrates_and_keeps_its_frames(tmp_path):

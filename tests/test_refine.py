@@ -124,7 +124,9 @@ def test_resume_after_sigkill_while_labelling_redoes_no_label(initial, tmp_path)
         'calculator = "_tiny:TestReference"\n'
         f'kwargs = {{ log_path = "{log}", position_hashes = true }}'
     )
-    project = _copy(initial, tmp_path, reference)
+    # no validation set: the first reference calls of `refine` are then the labels
+    no_validation = "impact_energies_eV = []\nhot_temperatures_K = []\nproduction_slab = false\nbulk_strains = []"
+    project = _copy(initial, tmp_path, reference, validation=no_validation)
     env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), "TINY_REFERENCE_DELAY_S": "1.5"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "nnprefine.cli", "refine", str(tmp_path / "tiny.toml")],

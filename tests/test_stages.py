@@ -249,3 +249,19 @@ def test_a_reference_returning_nan_in_reference_driven_md_fails_the_stage_loudly
     assert len(failed) == 3 and all("non-finite" in r["failed"] for r in failed.values())
     with project.store() as store:
         assert store.count(origin="initial") == 0  # no truncated run slipped in as data
+
+
+def test_a_slab_the_calculator_cannot_handle_is_a_clear_error_and_no_file(project, tmp_path):
+    import sys
+
+    from _tiny import TESTS_DIR, TestReference
+
+    from nnprefine.errors import ReferenceCalculationError
+
+    sys.path.insert(0, str(TESTS_DIR))
+    slab_cfg = SlabConfig("0001", (3, 3, 4), 6.5)
+    with pytest.raises(ReferenceCalculationError, match="non-finite positions or energy"):
+        prepared_slab(project, slab_cfg, calc=TestReference(fail_pattern="n"))
+    assert not project.slab_path(slab_cfg.file_key).exists()
+    with pytest.raises(ReferenceCalculationError, match="preparing slab .* failed .*SCF"):
+        prepared_slab(project, slab_cfg, calc=TestReference(fail_pattern="r"))

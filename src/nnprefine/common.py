@@ -34,8 +34,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     choose a format by suffix (``ase.io.write``, ``np.savez``) work unchanged.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    # unique per writer: two processes writing one file never share a temporary
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+    # unique per writer (two processes never share a temporary) and hidden (a leftover of a
+    # killed writer matches no glob such as "explore-*.npz")
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = path.with_name(f".{path.stem}.tmp-{token}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -399,7 +399,7 @@ class InitialDataConfig:
     #: when more than this fraction of them failed (a reference that returns NaN, raises)
     max_failed_fraction: float = 0.2
     #: reference-driven impacts: ``timestep_fs``, ``duration_fs`` and the sanity bounds
-    #: ``min_distance_A``, ``max_energy_drift_eV``, ``max_potential_drop_eV`` of
+    #: ``min_distance_A``, ``max_energy_drift_eV`` of
     #: :class:`nnprefine.impact.ImpactSettings`, flat in ``[initial_data]``
     impact: Any = _flat(
         _impact_settings,
@@ -757,6 +757,14 @@ class Config:
             elif hasattr(value, "validate"):
                 value.validate(f.name)
         self._check_cutoff_fits_slabs()
+        if self.structures.production_slab_driver == "model":
+            _check(
+                self.initial_data.production_slab_snapshots == 0,
+                "initial_data.production_slab_snapshots",
+                "0 with structures.production_slab_driver = 'model' (the reference would have "
+                "to prepare the production slab, which that driver avoids)",
+                self.initial_data.production_slab_snapshots,
+            )
 
     def _check_cutoff_fits_slabs(self) -> None:
         """The descriptor sees periodic images, but the lateral cell must exceed the cutoff.

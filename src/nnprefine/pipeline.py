@@ -49,8 +49,13 @@ def status(project: Project) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["lattice"] = "done" if project.stage_record("lattice") else "to do"
     init_rec = project.stage_record("initial_data")
-    n_tasks = len(cfg.initial_data.energies_eV) * cfg.initial_data.runs_per_energy + (
-        1 if cfg.initial_data.thermal_frames else 0
+    init = cfg.initial_data
+    n_tasks = (
+        len(init.energies_eV) * init.runs_per_energy
+        + (1 if init.thermal_frames else 0)
+        + len(init.hot_temperatures_K)
+        + len(init.bulk_strains)
+        + (1 if init.production_slab_snapshots and cfg.production else 0)
     )
     out["initial_data"] = (
         f"done ({init_rec['frames']} frames)"

@@ -120,6 +120,7 @@ def reference_trajectory_frames(
     else:
         reason = _thermal_run(slab, calc, duration_fs, settings, record, temperature_K, seed)
         unphysical = reason == "unphysical"
+        frames = frames[1:]  # step 0 is the structure as given, which other sets may hold
     if unphysical:
         frames = frames[:-1]  # the last recorded frame may already be broken
     rng = np.random.default_rng(seed)

@@ -569,12 +569,17 @@ class FrameStore:
         iteration: int | None,
         origin: str | None,
         max_iteration: int | None = None,
+        labelled: bool = True,
     ) -> tuple[str, list[Any]]:
         if split not in (None, *_SPLITS):
             raise DatasetError(
                 f"split must be 'train', 'test', 'validation' or None, got {split!r}"
             )
         clauses, params = [], []
+        if split is None and labelled:
+            # the validation split only when asked for by name: no query that forgets
+            # the split can hand validation frames to training
+            clauses.append("split != 'validation'")
         for column, op, value in (
             ("split", "=", split),
             ("iteration", "=", iteration),
@@ -635,7 +640,7 @@ class FrameStore:
 
     def n_quarantined(self, iteration: int | None = None) -> int:
         """Number of quarantined candidates (all, or of one iteration)."""
-        where, params = self._where(None, iteration, None)
+        where, params = self._where(None, iteration, None, labelled=False)
         return self._db.execute(f"SELECT COUNT(*) FROM quarantine{where}", params).fetchone()[0]
 
     def frames(
@@ -648,6 +653,7 @@ class FrameStore:
     ) -> list[Atoms]:
         """Labelled frames matching every given filter, in insertion order.
 
+        Frames of the validation split come only with ``split="validation"``.
         Each is an ``Atoms`` whose ``.calc`` is a ``SinglePointCalculator`` with energy
         (eV), forces (eV/Å) and stress (eV/Å³, if stored), and whose ``.info`` holds the
         provenance: ``frame_id``, ``content_hash``, ``split``, ``origin``, ``iteration``,
@@ -669,7 +675,7 @@ class FrameStore:
 
     def quarantined(self, iteration: int | None = None) -> list[Atoms]:
         """Quarantined candidates, without labels; ``.info`` holds provenance and ``error``."""
-        where, params = self._where(None, iteration, None)
+        where, params = self._where(None, iteration, None, labelled=False)
         cursor = self._db.execute(f"SELECT * FROM quarantine{where} ORDER BY id", params)
         return [self._atoms(cursor.description, row, labelled=False) for row in cursor]
 

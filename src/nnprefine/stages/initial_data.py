@@ -15,6 +15,7 @@ import math
 import time
 from typing import Any
 
+import numpy as np
 from ase import Atoms
 
 from nnprefine.common import atomic_path
@@ -74,8 +75,6 @@ def prepared_slab(
     """
     from ase.io import read, write
 
-    from nnprefine.structures import prepare_slab
-
     path = project.slab_path(slab_config.file_key + tag)
     if path.exists():
         return read(path)
@@ -85,6 +84,39 @@ def prepared_slab(
     t0 = time.perf_counter()
     st = cfg.structures
     driver = calc if calc is not None else cached_reference(cfg.reference.spec())
+    who = "the reference" if calc is None else type(calc).__name__
+    try:
+        atoms, energy = _prepare(slab_config, driver, a, c, project)
+    except (ConfigError, ReferenceCalculationError):
+        raise
+    except Exception as exc:  # a DFT code's own errors, numpy's on NaN, ...
+        raise ReferenceCalculationError(
+            f"preparing slab {slab_config.label} with {who} failed ({type(exc).__name__}: "
+            f"{exc}); check [reference] with 'nnprefine check-reference'"
+        ) from exc
+    if not (np.isfinite(atoms.positions).all() and math.isfinite(energy)):
+        raise ReferenceCalculationError(
+            f"preparing slab {slab_config.label} with {who} gave non-finite positions or "
+            "energy; nothing was written. The calculator returns NaN or inf for this slab"
+        )
+    if calc is None:  # kept, so that no later stage asks the reference for it again
+        atoms.info["reference_energy_eV"] = energy
+    project.say(
+        f"slab {slab_config.label}: {len(atoms)} atoms relaxed and equilibrated at "
+        f"{st.temperature_K:.0f} K ({time.perf_counter() - t0:.0f} s)"
+    )
+    with atomic_path(path) as tmp:
+        write(tmp, atoms)
+    return read(path)
+
+
+def _prepare(
+    slab_config: SlabConfig, driver: Any, a: float, c: float, project: Project
+) -> tuple[Atoms, float]:
+    """Build, relax and equilibrate the slab with ``driver``; the atoms and their energy (eV)."""
+    from nnprefine.structures import prepare_slab
+
+    st = project.config.structures
     atoms = prepare_slab(
         slab_config.surface,
         slab_config.size,
@@ -92,7 +124,7 @@ def prepared_slab(
         a_A=a,
         c_A=c,
         vacuum_A=slab_config.vacuum_A,
-        element=cfg.project.element,
+        element=project.config.project.element,
         fixed_layers=st.fixed_layers,
         relax_fmax_eV_per_A=st.relax_fmax_eV_per_A,
         temperature_K=st.temperature_K,
@@ -101,15 +133,7 @@ def prepared_slab(
         thermostat=st.thermostat,
         seed=project.seed("equilibrate", slab_config.label),
     )
-    if calc is None:  # kept, so that no later stage asks the reference for it again
-        atoms.info["reference_energy_eV"] = float(driver.get_potential_energy(atoms))
-    project.say(
-        f"slab {slab_config.label}: {len(atoms)} atoms relaxed and equilibrated at "
-        f"{st.temperature_K:.0f} K ({time.perf_counter() - t0:.0f} s)"
-    )
-    with atomic_path(path) as tmp:
-        write(tmp, atoms)
-    return read(path)
+    return atoms, float(driver.get_potential_energy(atoms))
 
 
 def _initial_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:

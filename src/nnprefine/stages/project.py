@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import time
@@ -55,6 +56,8 @@ def _lock_is_stale(holder: dict[str, Any]) -> bool:
     """True when the holder is a process of this host that no longer runs."""
     if holder.get("host") != socket.gethostname():
         return False  # another machine's process: cannot tell, so trust it
+    if holder.get("pid") == os.getpid():
+        return True  # an earlier life of this PID (a restarted container): not held here
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
@@ -177,9 +180,13 @@ class Project:
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": command,
         }
+        # written in full under a private name, then linked into place: no other process
+        # ever sees an empty or half-written lock
+        mine = self.dir / f".nnprefine.lock-{os.getpid()}-{secrets.token_hex(4)}"
+        mine.write_text(json.dumps(me) + "\n")
         for _ in range(2):
             try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(mine, self.lock_path)
             except FileExistsError:
                 holder = _read_lock(self.lock_path)
                 if holder is not None and not _lock_is_stale(holder):
@@ -191,11 +198,11 @@ class Project:
                     ) from None
                 self.lock_path.unlink(missing_ok=True)  # stale or unreadable: take it over
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(me) + "\n")
             break
         else:
+            mine.unlink(missing_ok=True)
             raise NnprefineError(f"could not take the lock {self.lock_path}; retry")
+        mine.unlink(missing_ok=True)
         _HELD.add(self.lock_path)
         try:
             yield

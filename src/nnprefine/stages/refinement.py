@@ -26,7 +26,12 @@ from nnprefine.selection import select_frames
 from nnprefine.stages.initial_data import initial_data, prepared_slab
 from nnprefine.stages.project import Project
 from nnprefine.stages.training import train_committee
-from nnprefine.stages.validation import say_validation, validate
+from nnprefine.stages.validation import (
+    say_validation,
+    validate,
+    validation_data,
+    validation_set_is_empty,
+)
 from nnprefine.trajectories import explore_trajectory, frame_atoms, gather_explorations
 
 __all__ = ["refine", "refine_iteration"]
@@ -239,6 +244,8 @@ def refine(project: Project) -> dict[str, Any]:
         return rec
     cfg = project.config
     initial_data(project)
+    if cfg.refine.calibrated and not validation_set_is_empty(project):
+        validation_data(project)  # the calibration needs it (as `nnprefine run` has it)
     slab = prepared_slab(project, cfg.initial_data.slab)
     summaries = []
     reason = f"reached refine.max_iterations = {cfg.refine.max_iterations}"

@@ -174,13 +174,22 @@ def train_final(project: Project) -> dict[str, Any]:
             },
         },
     }
-    project.record_stage("final_model", rec)
     project.say(
         f"final model: a = {nnp_lat['a_A']:.4f} Å (reference {ref_lat['a_A']:.4f}), "
         f"c = {nnp_lat['c_A']:.4f} Å (reference {ref_lat['c_A']:.4f})"
     )
-    from nnprefine.stages.validation import say_validation, validate, validation_data
+    from nnprefine.stages.validation import (
+        say_validation,
+        validate,
+        validation_data,
+        validation_set_is_empty,
+    )
 
-    validation_data(project)
-    say_validation(project, validate(project, "final", committee))
+    # scored before the record is written: a crash here re-runs the scoring on resume
+    if validation_set_is_empty(project):
+        project.say("final model: not validated ([validation] asks for no frames)")
+    else:
+        validation_data(project)
+        say_validation(project, validate(project, "final", committee, rec["lattice"]))
+    project.record_stage("final_model", rec)
     return rec

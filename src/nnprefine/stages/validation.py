@@ -58,8 +58,12 @@ def _single_frames(project: Project) -> list[tuple[str, Any]]:
     cfg = project.config
     out = []
     if cfg.validation.production_slab and cfg.production:
-        slab_config = cfg.production[0].slab
-        out.append(("validation-production_slab", prepared_slab(project, slab_config)))
+        if cfg.structures.production_slab_driver == "model":
+            # the reference would have to relax the large slab, which this driver avoids
+            project.say("validation: no production-slab frame (production_slab_driver = model)")
+        else:
+            slab_config = cfg.production[0].slab
+            out.append(("validation-production_slab", prepared_slab(project, slab_config)))
     rec = lattice(project)
     for strain in cfg.validation.bulk_strains:
         bulk = hcp_bulk(
@@ -100,6 +104,17 @@ def validation_data(project: Project) -> dict[str, Any]:
     return rec
 
 
+def validation_set_is_empty(project: Project) -> bool:
+    """True when ``[validation]`` asks for no frame at all (every size zero)."""
+    v = project.config.validation
+    return not (
+        (v.impact_energies_eV and v.impact_runs_per_energy and v.impact_snapshots_per_run)
+        or (v.hot_temperatures_K and v.hot_snapshots_per_temperature)
+        or v.production_slab
+        or v.bulk_strains
+    )
+
+
 def validation_frames(project: Project) -> list[Any]:
     """The stored validation frames; a clear error when there are none."""
     frames = []
@@ -114,7 +129,9 @@ def validation_frames(project: Project) -> list[Any]:
     return frames
 
 
-def validate(project: Project, name: str, committee: Any = None) -> dict[str, Any]:
+def validate(
+    project: Project, name: str, committee: Any = None, lattice_record: Any = None
+) -> dict[str, Any]:
     """Score the committee ``models/<name>`` on the validation set; returns the figures.
 
     Writes ``models/<name>/validation.json`` (per-group RMSE, rank correlation, calibration
@@ -134,9 +151,10 @@ def validate(project: Project, name: str, committee: Any = None) -> dict[str, An
     frames = validation_frames(project)
     result = score(committee, frames)
     out = {"model": name, **result.summary()}
-    final = project.stage_record("final_model")
-    lattice_rec = final["lattice"] if final and name == "final" else None
-    out["verdict"] = verdict(out, lattice_rec, project.config.validation.targets())
+    if lattice_record is None and name == "final":
+        final = project.stage_record("final_model")
+        lattice_record = final["lattice"] if final else None
+    out["verdict"] = verdict(out, lattice_record, project.config.validation.targets())
     save_npz(
         directory / "validation.npz",
         groups=result.groups,
