@@ -54,7 +54,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         if args.command == "run":
             pipeline.run(project)
         else:
-            pipeline.STAGES[args.command](project)
+            pipeline.run_stage(project, args.command)
             if args.command == "report":
                 print(f"report: {project.dir / 'report.html'}")
     return 0

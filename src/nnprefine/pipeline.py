@@ -15,17 +15,26 @@ from typing import Any
 from nnprefine import __version__
 from nnprefine.stages import Project, init, refine, report, sputter, train_final
 from nnprefine.stages.production import campaigns
+from nnprefine.stages.validation import validation_data
 
-__all__ = ["STAGES", "run", "status"]
+__all__ = ["STAGES", "run", "run_stage", "status"]
 
-#: command name → stage, in run order
-STAGES: dict[str, Callable[[Project], Any]] = {
-    "init": init,
-    "refine": refine,
-    "train": train_final,
-    "sputter": sputter,
-    "report": report,
+#: command name → the stage functions it runs, in run order
+STAGES: dict[str, tuple[Callable[[Project], Any], ...]] = {
+    "init": (init, validation_data),
+    "refine": (refine,),
+    "train": (train_final,),
+    "sputter": (sputter,),
+    "report": (report,),
 }
+
+
+def run_stage(project: Project, name: str) -> Any:
+    """The stage functions of command ``name`` in order; returns the last one's result."""
+    out: Any = None
+    for stage in STAGES[name]:
+        out = stage(project)
+    return out
 
 
 def run(project: Project) -> dict[str, Any]:
@@ -36,8 +45,8 @@ def run(project: Project) -> dict[str, Any]:
         f"nnprefine {__version__}: project '{project.config.project.name}' in {project.dir}"
     )
     out: Any = None
-    for stage in STAGES.values():
-        out = stage(project)
+    for name in STAGES:
+        out = run_stage(project, name)
     minutes = (time.perf_counter() - t0) / 60
     project.say(f"done in {minutes:.1f} min; report: {project.dir / 'report.html'}")
     return out

@@ -1,5 +1,5 @@
-"""Stage ``init``: the reference's lattice constants, the prepared slabs, the initial data
-and the validation set (:mod:`nnprefine.stages.validation`).
+"""Stage ``init`` (with :mod:`nnprefine.stages.validation`): the reference's lattice
+constants, the prepared slabs, the initial data.
 
 - :func:`lattice` relaxes hcp bulk with the reference (recorded once).
 - :func:`prepared_slab` builds, relaxes and equilibrates a slab (written once to
@@ -266,8 +266,4 @@ def init(project: Project) -> dict[str, Any]:
         slab_configs.append(cfg.refine.second_surface_slab)
     for slab_config in slab_configs:
         prepared_slab(project, slab_config)
-    rec = initial_data(project)
-    from nnprefine.stages.validation import validation_data
-
-    validation_data(project)
-    return rec
+    return initial_data(project)
