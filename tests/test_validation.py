@@ -79,3 +79,22 @@ def test_validate_without_validation_frames_says_how_to_make_them(tmp_path):
     project = Project(config_from_dict({"project": {"output_dir": str(tmp_path / "out")}}))
     with pytest.raises(NnprefineError, match="no validation frames.*nnprefine init"):
         validation_frames(project)
+
+
+def test_rank_correlation_ignores_the_zero_forces_of_a_perfect_crystal():
+    from nnprefine.validation import ValidationScore
+
+    rng = np.random.default_rng(3)
+    n = 200
+    d = np.r_[rng.uniform(0.5, 2.0, n), np.full(20, 1e-15)]  # 20 bulk frames: noise
+    err = np.r_[rng.uniform(0.5, 2.0, n), np.full(20, 3e-15)]  # unrelated to d above
+    s = ValidationScore(
+        groups=np.array(["impact"] * n + ["bulk"] * 20),
+        n_atoms=np.full(n + 20, 96),
+        energy_error=np.zeros(n + 20),
+        max_force_error=err,
+        energy_disagreement=np.full(n + 20, 1e-3),
+        force_disagreement=d,
+    )
+    # with the noise frames, both rankings would share their 20 lowest places: ρ ≈ 0.27
+    assert abs(s.rank_correlation()) < 0.15

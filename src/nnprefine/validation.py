@@ -24,11 +24,13 @@ from ase import Atoms
 from scipy import stats
 
 __all__ = [
+    "CALIBRATION_FLOOR",
     "GROUPS",
     "Targets",
     "ValidationScore",
     "calibration_scale",
     "group_of",
+    "informative",
     "score",
     "verdict",
 ]
@@ -52,6 +54,16 @@ def group_of(atoms: Atoms) -> str:
 CALIBRATION_FLOOR = 1e-3
 
 
+def informative(disagreement: np.ndarray) -> np.ndarray:
+    """Mask (n,) of frames whose disagreement is finite and above :data:`CALIBRATION_FLOOR`
+    times the median: the frames that say something about the committee's error."""
+    d = np.asarray(disagreement, dtype=float)
+    ok = np.isfinite(d) & (d > 0)
+    if ok.any():
+        ok &= d > CALIBRATION_FLOOR * np.median(d[ok])
+    return ok
+
+
 def calibration_scale(disagreement: np.ndarray, error: np.ndarray) -> float:
     """Maximum-likelihood α for errors ε_i ~ N(0, (α d_i)²): α = sqrt(mean(ε_i² / d_i²)).
 
@@ -61,9 +73,7 @@ def calibration_scale(disagreement: np.ndarray, error: np.ndarray) -> float:
     """
     d = np.asarray(disagreement, dtype=float)
     e = np.asarray(error, dtype=float)
-    ok = np.isfinite(d) & np.isfinite(e) & (d > 0)
-    if ok.any():
-        ok &= d > CALIBRATION_FLOOR * np.median(d[ok])
+    ok = informative(d) & np.isfinite(e)
     if not ok.any():
         return float("nan")
     return float(np.sqrt(np.mean((e[ok] / d[ok]) ** 2)))
@@ -116,8 +126,11 @@ class ValidationScore:
         }
 
     def rank_correlation(self) -> float:
-        """Spearman correlation of force disagreement with member 1's max force error."""
-        return _spearman(self.force_disagreement, self.max_force_error)
+        """Spearman correlation of force disagreement with member 1's max force error, over
+        the informative frames (:func:`informative`: not the zero forces of a perfect
+        crystal, whose noise would rank lowest on both axes and inflate ρ)."""
+        ok = informative(self.force_disagreement)
+        return _spearman(self.force_disagreement[ok], self.max_force_error[ok])
 
     def calibration(self) -> dict[str, float]:
         """α of energy and force disagreement against the true errors (see module docstring)."""

@@ -222,11 +222,14 @@ def report(project: Project) -> dict[str, Any]:
         figures["parity"] = rp.plot_parity(parity, figs / "parity.png")
     scored = project.model_dir("final") / "validation.npz"
     if "validation" in out and scored.exists():
+        from nnprefine.validation import informative
+
         d = np.load(scored)
+        ok = informative(d["force_disagreement_eV_per_A"])  # not the perfect crystal's noise
         figures["validation"] = rp.plot_error_vs_disagreement(
-            d["force_disagreement_eV_per_A"],
-            d["max_force_error_eV_per_A"],
-            d["groups"],
+            d["force_disagreement_eV_per_A"][ok],
+            d["max_force_error_eV_per_A"][ok],
+            d["groups"][ok],
             figs / "validation_error_vs_disagreement.png",
             rank_correlation=out["validation"]["rank_correlation_force"],
             alpha=out["validation"]["calibration"]["force"],
