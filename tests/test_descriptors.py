@@ -215,6 +215,39 @@ def test_tensor_and_triplet_paths_agree_on_paper_set():
     np.testing.assert_allclose(fast.jvp(atoms, v), slow.jvp(atoms, v), rtol=1e-9, atol=1e-10)
 
 
+def _shared_exp_set(r_cut=4.5):
+    """G3 only (so triplet rows are compacted to r_jk < r_c), with η in integer ratios
+    (shared exponentials), ζ powers of two and not (squaring ladder and repeated
+    squaring), and a group without partner of its η ratio."""
+    fs = [
+        NarrowAngularG3("Be", ("Be", "Be"), eta=eta, r_cut=r_cut, zeta=zeta, lambda_=lam)
+        for eta in (0.004, 0.02, 0.06, 0.045)
+        for zeta, lam in ((1.0, 1.0), (2.0, -1.0), (3.0, 1.0), (16.0, -1.0))
+    ]
+    return SymmetryFunctionSet(tuple(fs), ("Be",))
+
+
+def test_compacted_rows_and_shared_exponentials_match_reference_and_finite_differences():
+    atoms = _slab()
+    atoms.numbers[:] = 4
+    sfset = _shared_exp_set()
+    desc = Descriptor(sfset, skin_A=0.5)
+    np.testing.assert_allclose(
+        desc.values(atoms), reference_values(atoms, sfset), rtol=1e-11, atol=1e-13
+    )
+    w = np.random.default_rng(3).normal(size=(len(atoms), sfset.max_functions))
+    F = desc.forces(atoms, w)[0]
+    h = 1e-5
+    F_num = np.zeros_like(F)
+    for k in range(len(atoms)):
+        for a in range(3):
+            p, m = atoms.copy(), atoms.copy()
+            p.positions[k, a] += h
+            m.positions[k, a] -= h
+            F_num[k, a] = -(_energy(desc, p, w) - _energy(desc, m, w)) / (2 * h)
+    assert np.max(np.abs(F - F_num)) < 1e-6 * np.max(np.abs(F_num))
+
+
 # ----------------------------------------------------------------------------- derivatives
 
 

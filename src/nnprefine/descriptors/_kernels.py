@@ -38,7 +38,7 @@ MAX_TENSOR_ZETA = 8
 def _atom(
     i, mode, pos, cell, elem, offsets, nbj, shift, rc_max, ctype, alpha,
     r_int, r_flt, r_rng,
-    t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc,
+    t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, radii,
     k_int, k_flt, k_rng, w_int, w_flt, w_rng, m_par, m_ax, m_exp, m_dix, m_n, m_deg, m_coef,
     n_el, w_row, v, g_out, out_row, jac_out,
 ):  # fmt: skip
@@ -113,7 +113,7 @@ def _atom(
     if t_rng[e, 1] > t_rng[e, 0]:
         triplets(
             mode, n, dx, dy, dz, rr, el, ux, uy, uz, gx, gy, gz, e, ctype, alpha,
-            t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc, n_el, w_row, out_row, jac,
+            t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, radii, n_el, w_row, out_row, jac,
         )  # fmt: skip
     # ------------------------------------------------------------------ tensor G9
     nk = k_rng[e, 1] - k_rng[e, 0]
@@ -336,7 +336,7 @@ def _tensor(
 def run(
     mode, pos, cell, elem, offsets, nbj, shift, rc_max, ctype, alpha,
     r_int, r_flt, r_rng,
-    t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc,
+    t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, radii,
     k_int, k_flt, k_rng, w_int, w_flt, w_rng, m_par, m_ax, m_exp, m_dix, m_n, m_deg, m_coef,
     n_el, W, v, g_out, out, jac_out,
 ):  # fmt: skip
@@ -345,7 +345,7 @@ def run(
     for i in nb.prange(pos.shape[0]):
         _atom(
             i, mode, pos, cell, elem, offsets, nbj, shift, rc_max, ctype, alpha,
-            r_int, r_flt, r_rng, t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, jk_rc,
+            r_int, r_flt, r_rng, t_int, t_flt, t_rng, c_int, c_flt, a_flt, a_int, radii,
             k_int, k_flt, k_rng, w_int, w_flt, w_rng, m_par, m_ax, m_exp, m_dix, m_n,
             m_deg, m_coef, n_el, W[i], v, g_out, out[i], jac_out,
         )  # fmt: skip

@@ -69,6 +69,38 @@ def _monomials(dmax: int):
     return par, ax, exp_arr, dix, deg, np.array(first, np.int64), coef
 
 
+def _ladder_step(zeta: float) -> int:
+    """t with ζ = 2^t (t ≤ 10), else −1: such ζ come from one squaring ladder per λ."""
+    for t in range(11):
+        if zeta == 2.0**t:
+            return t
+    return -1
+
+
+def _exp_source(key: tuple, earlier: list[tuple]) -> tuple[int, int]:
+    """(index in ``earlier``, n) of a group whose exp(−η' Σ)^n is this group's exp(−η Σ)
+    (same central element, kind and r_s, so the same sum Σ of squared distances, and the
+    same r_c, so the same range of Σ that the exp's scaling covers; η = n·η', n ≤ 64,
+    smallest n), or (−1, 0).
+
+    ``earlier`` are the group keys packed before ``key``, from the first group on.
+    """
+    best = (-1, 0)
+    if key[4] <= 0:
+        return best
+    for n, other in enumerate(earlier):
+        if (other[0], other[3], other[5], other[6]) != (key[0], key[3], key[5], key[6]):
+            continue
+        if other[4] <= 0:
+            continue
+        ratio = key[4] / other[4]
+        power = round(ratio)
+        if 2 <= power <= 64 and abs(ratio - power) < 1e-9 * power:
+            if best[0] < 0 or power < best[1]:
+                best = (n, power)
+    return best
+
+
 def _pack(sfset: SymmetryFunctionSet, wide_by_tensor: bool) -> _Params:
     els = {el: n for n, el in enumerate(sfset.elements)}
     n_el = len(els)
@@ -103,27 +135,34 @@ def _pack(sfset: SymmetryFunctionSet, wide_by_tensor: bool) -> _Params:
     r_flt = np.array([r[3:] for r in radial], np.float64).reshape(-1, 3)
     r_rng = ranges([r[0] for r in radial])
     # triplet groups and their (λ, ζ) combinations
-    keys = sorted(triplet, key=lambda k: k[0])
+    # by central element, then so that a group's η multiples come after it (exp sharing)
+    keys = sorted(triplet, key=lambda k: (k[0], k[3], k[5], k[4], k[1], k[2], k[6]))
     akeys: dict[tuple[float, float], int] = {}
     t_int, t_flt, c_int, c_flt = [], [], [], []
-    jk_radii: dict[float, int] = {}
-    for key in keys:
+    radii: dict[float, int] = {}  # cutoff radii of the triplet groups
+    for gn, key in enumerate(keys):
         c0 = len(c_int)
         for col, lam, zeta, _ in triplet[key]:
             ak = akeys.setdefault((lam, zeta), len(akeys))
             c_int.append((col, ak))
             c_flt.append((2.0 ** (1.0 - zeta),))
         eta, rs, rc = key[4:]
-        jk = -1
-        if key[3]:  # G3: r_jk cutoff radius shared per row; exp argument scaled by 2^-m
-            jk = jk_radii.setdefault(rc, len(jk_radii))
-        m = max(0, math.ceil(math.log2(eta * (rc + rs) ** 2 / EXP_RANGE))) if eta > 0 else 0
-        t_int.append((key[0], key[1], key[2], key[3], c0, len(c_int), jk, m))
+        q = radii.setdefault(rc, len(radii))
+        # one exp of the summed squared distances, its argument scaled into range by 2^-m
+        terms = 3 if key[3] else 2
+        big = eta * terms * (rc + abs(rs)) ** 2
+        m = max(0, math.ceil(math.log2(big / EXP_RANGE))) if eta > 0 else 0
+        src, power = _exp_source(key, keys[:gn])
+        jk = q if key[3] else -1
+        t_int.append((key[0], key[1], key[2], key[3], c0, len(c_int), jk, m, src, power, q))
         t_flt.append((eta, rs, rc))
     a_flt = np.array(list(akeys), np.float64).reshape(-1, 2)
-    a_int = np.array([int(z) if float(z).is_integer() else -1 for _, z in akeys], np.int64).reshape(
-        -1
-    )
+    lambdas = sorted({lam for lam, _ in akeys})
+    a_int = np.array(
+        [(int(z) if float(z).is_integer() else -1, lambdas.index(lam), _ladder_step(z))
+         for lam, z in akeys],
+        np.int64,
+    ).reshape(-1, 3)  # fmt: skip
     t_rng = ranges([t[0] for t in t_int])
     # tensor G9: radial keys, then functions
     tensor.sort(key=lambda t: t[0])
@@ -144,10 +183,10 @@ def _pack(sfset: SymmetryFunctionSet, wide_by_tensor: bool) -> _Params:
     mono = _monomials(dmax)
     arrays = (
         r_int, r_flt, r_rng,
-        np.array(t_int, np.int64).reshape(-1, 8), np.array(t_flt, np.float64).reshape(-1, 3),
+        np.array(t_int, np.int64).reshape(-1, 11), np.array(t_flt, np.float64).reshape(-1, 3),
         t_rng, np.array(c_int, np.int64).reshape(-1, 2),
         np.array(c_flt, np.float64).reshape(-1, 1), a_flt, a_int,
-        np.array(list(jk_radii), np.float64).reshape(-1),
+        np.array(list(radii), np.float64).reshape(-1),
         k_int, k_flt, k_rng, np.array(w_int, np.int64).reshape(-1, 5),
         np.array(w_flt, np.float64).reshape(-1, 2), w_rng, *mono,
     )  # fmt: skip
