@@ -8,7 +8,7 @@ a fixed order, so results do not depend on the number of threads.
 
 Three code paths per atom (see ``Descriptor`` for which function goes where):
 
-- radial G2: a loop over neighbours;
+- radial G2: passes over the neighbours (fc once per cutoff radius, exp by polynomial);
 - "triplet" groups (all G3, and G9 with non-integer or large ζ): for each neighbour j a
   row over k > j; functions sharing (η, r_s, r_c, elements) form a group that shares the
   radial factor a(r_ij)·a(r_ik)·b(r_jk), and (λ, ζ) pairs share (1 + λ cos θ)^ζ;
@@ -28,8 +28,8 @@ import numba as nb
 import numpy as np
 
 from nnprefine.descriptors._scalar import OPTS as _OPTS
-from nnprefine.descriptors._scalar import radial_factor
-from nnprefine.descriptors._triplets import triplets
+from nnprefine.descriptors._scalar import cutoff_fdf, radial_factor
+from nnprefine.descriptors._triplets import EXP_RANGE, _exp_taylor, triplets
 
 MAX_TENSOR_ZETA = 8
 
@@ -84,31 +84,65 @@ def _atom(
             uy[k] = v[j, 1] - v[i, 1]
             uz[k] = v[j, 2] - v[i, 2]
     # ------------------------------------------------------------------ radial G2
-    for f in range(r_rng[e, 0], r_rng[e, 1]):
-        nbel = r_int[f, 1]
-        col = r_int[f, 2]
-        eta, rs, rc = r_flt[f, 0], r_flt[f, 1], r_flt[f, 2]
-        w = w_row[col] if mode == 1 else 0.0
-        acc = 0.0
+    # fc once per cutoff radius, exp(−η(r − r_s)²) by the vectorising polynomial
+    if r_rng[e, 1] > r_rng[e, 0]:
+        fcr = np.zeros(n)
+        dfcr = np.zeros(n)
+        ea = np.empty(n)
+        ra = np.empty(n)
+        rda = np.empty(n)
+        irr = np.empty(n)
         for k in range(n):
-            if el[k] != nbel or rr[k] >= rc:
-                continue
-            a, da = radial_factor(rr[k], eta, rs, rc, alpha, ctype)
+            irr[k] = 1.0 / rr[k]
+        last_rc = -1.0
+        for f in range(r_rng[e, 0], r_rng[e, 1]):
+            nbel = r_int[f, 1]
+            col = r_int[f, 2]
+            eta, rs, rc = r_flt[f, 0], r_flt[f, 1], r_flt[f, 2]
+            if rc != last_rc:
+                for k in range(n):
+                    if rr[k] < rc:
+                        fcr[k], dfcr[k] = cutoff_fdf(rr[k], rc, alpha, ctype)
+                    else:
+                        fcr[k] = 0.0
+                        dfcr[k] = 0.0
+                last_rc = rc
+            big = eta * (rc + abs(rs)) ** 2
+            nsq = max(0, math.ceil(math.log2(big / EXP_RANGE))) if big > 0.0 else 0
+            scale = -eta / 2.0**nsq
+            for k in range(n):
+                t = rr[k] - rs
+                ea[k] = _exp_taylor(max(scale * t * t, -EXP_RANGE))
+            for _ in range(nsq):
+                for k in range(n):
+                    ea[k] *= ea[k]
+            for k in range(n):
+                msk = 1.0 if el[k] == nbel else 0.0
+                ra[k] = msk * ea[k] * fcr[k]
+            for k in range(n):
+                msk = 1.0 if el[k] == nbel else 0.0
+                rda[k] = msk * ea[k] * (dfcr[k] - 2.0 * eta * (rr[k] - rs) * fcr[k]) * irr[k]
+            acc = 0.0
             if mode == 2:
-                acc += da * (dx[k] * ux[k] + dy[k] * uy[k] + dz[k] * uz[k]) / rr[k]
+                for k in range(n):
+                    acc += rda[k] * (dx[k] * ux[k] + dy[k] * uy[k] + dz[k] * uz[k])
             else:
-                acc += a
+                for k in range(n):
+                    acc += ra[k]
                 if mode == 1:
-                    s = w * da / rr[k]
-                    gx[k] += s * dx[k]
-                    gy[k] += s * dy[k]
-                    gz[k] += s * dz[k]
+                    w = w_row[col]
+                    for k in range(n):
+                        gx[k] += w * rda[k] * dx[k]
+                    for k in range(n):
+                        gy[k] += w * rda[k] * dy[k]
+                    for k in range(n):
+                        gz[k] += w * rda[k] * dz[k]
                 elif mode == 3:
-                    s = da / rr[k]
-                    jac[k, col, 0] += s * dx[k]
-                    jac[k, col, 1] += s * dy[k]
-                    jac[k, col, 2] += s * dz[k]
-        out_row[col] += acc
+                    for k in range(n):
+                        jac[k, col, 0] += rda[k] * dx[k]
+                        jac[k, col, 1] += rda[k] * dy[k]
+                        jac[k, col, 2] += rda[k] * dz[k]
+            out_row[col] += acc
     # ------------------------------------------------------------------ triplet groups
     if t_rng[e, 1] > t_rng[e, 0]:
         triplets(

@@ -456,16 +456,17 @@ def _block(
             EM[b] = E[b] * FJK[b] if g3 else E[b]
         for b in range(m):
             R[b] = EM[b] * FJ[b] * FK[b]
-        for b in range(m):
-            BJ[b] = EM[b] * FK[b] * (DFJ[b] - e2 * (RJ[b] - rs) * FJ[b])
-        for b in range(m):
-            BK[b] = EM[b] * FJ[b] * (DFK[b] - e2 * (RK[b] - rs) * FK[b])
-        if g3:
+        if mode != 0:
             for b in range(m):
-                BJK[b] = E[b] * FJ[b] * FK[b] * (DFJK[b] - e2 * (rjk[b] - rs) * FJK[b])
-        else:
+                BJ[b] = EM[b] * FK[b] * (DFJ[b] - e2 * (RJ[b] - rs) * FJ[b])
             for b in range(m):
-                BJK[b] = 0.0
+                BK[b] = EM[b] * FJ[b] * (DFK[b] - e2 * (RK[b] - rs) * FK[b])
+            if g3:
+                for b in range(m):
+                    BJK[b] = E[b] * FJ[b] * FK[b] * (DFJK[b] - e2 * (rjk[b] - rs) * FJK[b])
+            else:
+                for b in range(m):
+                    BJK[b] = 0.0
         if mode != 2:
             for cb in range(cb0, cb1):
                 Pa = P_[c_int[cb, 1], :m]
