@@ -288,6 +288,24 @@ def test_yield_estimate_and_intervals():
     assert paper.fit_sigma == pytest.approx(math.sqrt(0.056 * 0.944 / 500), rel=0.03)
 
 
+def test_undecided_trajectories_give_an_upper_bound_beside_the_yield():
+    def row(sputtered: int, undecided: int = 0, unphysical: int = 0) -> dict:
+        return dict(
+            n_sputtered=sputtered, reflected=0, undecided=undecided, unphysical=unphysical
+        )
+
+    # 40 impacts: 2 sputtered one atom, 1 two; 3 undecided (one of which sputtered one
+    # already); an unphysical one is out of N and of the bound
+    rows = [row(1), row(1), row(2), row(0, 1), row(0, 1), row(1, 1)] + [row(0)] * 34
+    est = estimate_yield(60.0, rows + [row(0, 1, 1)])
+    assert est.n == 40 and est.n_undecided == 3
+    assert est.yield_ == pytest.approx(5 / 40)
+    assert est.yield_upper == pytest.approx(5 / 40 + 3 / 40)
+    decided = estimate_yield(60.0, [row(1)] + [row(0)] * 9)
+    assert decided.yield_upper == decided.yield_ == pytest.approx(0.1)
+    assert math.isnan(estimate_yield(60.0, []).yield_upper)
+
+
 def test_threshold_bracket():
     def est(e, k):
         return estimate_yield(e, [dict(n_sputtered=k, reflected=0, undecided=0, unphysical=0)] * 5)

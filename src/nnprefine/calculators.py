@@ -2,8 +2,11 @@
 
 Both only compute — no file or restart logic. They keep the descriptor's neighbour list
 between calls and rebuild it only when an atom has moved more than half the Verlet skin
-(or the cell, periodicity or atom types changed), so MD costs little more than the
-descriptor's values and forces passes.
+(or the cell, periodicity or atom types changed), and compare the atoms with the last
+call by whole-array equality of what they read (positions, numbers, cell, pbc), so MD
+costs little more than the descriptor's values and forces passes. Both have an
+``r_cut_A`` attribute (Å), the interaction range :func:`nnprefine.impact.run_impact`
+needs.
 
 :class:`CommitteeCalculator` returns member 0's energy and forces (the model that drives
 MD) and puts the committee's spread into extra ``results`` keys:
@@ -29,52 +32,115 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from nnprefine.descriptors import Descriptor, Neighbours
+from nnprefine.errors import ModelError
 from nnprefine.model import Committee, NNPotential
 
 __all__ = ["CommitteeCalculator", "NNPCalculator"]
 
 
+#: what the potentials read from the atoms; charges and magnetic moments play no part
+_IGNORED_CHANGES = ("initial_charges", "initial_magmoms")
+
+
+def _system_changes(old: Atoms | None, new: Atoms) -> list[str]:
+    """What the NNP reads that differs between ``old`` and ``new``: positions, numbers,
+    cell, pbc. Exact comparisons of whole arrays, in place of ASE's ``compare_atoms``
+    (which walks every per-atom array with a tolerance: ~0.2 ms per call on 491 atoms)."""
+    if old is None:
+        return list(all_changes)
+    changes = []
+    if old.positions.shape != new.positions.shape or not np.array_equal(
+        old.positions, new.positions
+    ):
+        changes.append("positions")
+    if old.numbers.shape != new.numbers.shape or not np.array_equal(old.numbers, new.numbers):
+        changes.append("numbers")
+    if not np.array_equal(old.cell.array, new.cell.array):
+        changes.append("cell")
+    if not np.array_equal(old.pbc, new.pbc):
+        changes.append("pbc")
+    return changes
+
+
 class _NeighbourCache:
-    """A neighbour list kept while no atom has moved more than half the skin."""
+    """A neighbour list kept while no atom has moved more than half the skin.
+
+    ``builds`` counts the lists built. Rebuilt as well when the atom count, numbers,
+    cell or periodicity changed.
+    """
 
     def __init__(self, descriptor: Descriptor, skin_A: float) -> None:
         self.descriptor = descriptor
         self.half_skin_A = 0.5 * skin_A
         self._neighbours: Neighbours | None = None
-        self._key: tuple[Any, ...] | None = None
-        self._positions: np.ndarray | None = None
         self.builds = 0
 
     def get(self, atoms: Atoms) -> Neighbours:
-        key = (atoms.numbers.tobytes(), atoms.cell.array.tobytes(), tuple(atoms.pbc))
-        if (
-            self._neighbours is None
-            or key != self._key
-            or self._positions is None
-            or self._positions.shape != atoms.positions.shape
-            or np.max(np.linalg.norm(atoms.positions - self._positions, axis=1), initial=0.0)
-            > self.half_skin_A
-        ):
-            self._neighbours = self.descriptor.neighbours(atoms)
-            self._key = key
-            self._positions = atoms.positions.copy()
+        """The cached list if it still covers ``atoms``, else a new one."""
+        nbl = self._neighbours
+        if nbl is None or not nbl.matches(atoms) or self._moved_too_far(nbl, atoms.positions):
+            nbl = self._neighbours = self.descriptor.neighbours(atoms)
             self.builds += 1
-        return self._neighbours
+        return nbl
+
+    def _moved_too_far(self, nbl: Neighbours, positions: np.ndarray) -> bool:
+        d = positions - nbl.positions_A  # the list's own copy of the build positions
+        moved_sq = float(np.einsum("ij,ij->i", d, d).max(initial=0.0))
+        return moved_sq > self.half_skin_A * self.half_skin_A
 
 
-class NNPCalculator(Calculator):
+class _ModelCalculator(Calculator):
+    """What both model calculators share: cheap state checks, no files, ``r_cut_A``."""
+
+    ignored_changes = set(_IGNORED_CHANGES)
+    #: properties that need the force pass; the energies come from the forward pass alone
+    _force_properties: frozenset[str] = frozenset({"forces"})
+
+    def __init__(self, descriptor: Descriptor, skin_A: float, r_cut_A: float, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._cache = _NeighbourCache(descriptor, skin_A)
+        self._r_cut_A = float(r_cut_A)
+
+    @property
+    def neighbour_builds(self) -> int:
+        """How many neighbour lists this calculator has built."""
+        return self._cache.builds
+
+    @property
+    def r_cut_A(self) -> float:
+        """Interaction range (Å) of the potential: its symmetry-function cutoff."""
+        return self._r_cut_A
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        return _system_changes(self.atoms, atoms)
+
+    def _take(self, atoms: Atoms | None) -> Atoms:
+        """The atoms to evaluate: ASE's ``get_property`` has just stored a copy; a direct
+        ``calculate(atoms)`` call stores one here (no files: nothing else to set up)."""
+        if atoms is not None and (self.atoms is None or _system_changes(self.atoms, atoms)):
+            self.atoms = atoms.copy()
+        if self.atoms is None:
+            raise ModelError("no atoms to evaluate: pass them to calculate() or get_property()")
+        return self.atoms
+
+    def _wants_forces(self, properties: list[str] | None) -> bool:
+        return not properties or bool(self._force_properties.intersection(properties))
+
+
+class NNPCalculator(_ModelCalculator):
     """ASE calculator of one :class:`~nnprefine.model.NNPotential`.
 
     Properties: ``energy``, ``free_energy`` (eV), ``energies`` (n_atoms,) eV, ``forces``
-    (n_atoms, 3) eV/Å.
+    (n_atoms, 3) eV/Å. The force pass runs only when ``forces`` are asked for; the energy
+    and the atomic energies come from the network pass that forces need anyway, so they
+    are always in ``results``.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces"]
 
     def __init__(self, potential: NNPotential, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(potential.descriptor, potential.skin_A, potential.r_cut_A, **kwargs)
         self.potential = potential
-        self._cache = _NeighbourCache(potential.descriptor, potential.skin_A)
 
     def calculate(
         self,
@@ -82,20 +148,23 @@ class NNPCalculator(Calculator):
         properties: list[str] | None = None,
         system_changes: list[str] = all_changes,
     ) -> None:
-        super().calculate(atoms, properties or ["energy"], system_changes)
-        out = self.potential.evaluate(self.atoms, self._cache.get(self.atoms))
+        atoms = self._take(atoms)
+        forces = self._wants_forces(properties)
+        out = self.potential.evaluate(atoms, self._cache.get(atoms), forces=forces)
         self.results = {
             "energy": out["energy"],
             "free_energy": out["energy"],
             "energies": out["energies"],
-            "forces": out["forces"],
         }
+        if forces:
+            self.results["forces"] = out["forces"]
 
 
-class CommitteeCalculator(Calculator):
+class CommitteeCalculator(_ModelCalculator):
     """ASE calculator of a :class:`~nnprefine.model.Committee`: member 0 drives, all judge.
 
     ``energy``/``forces`` are member 0's; see the module docstring for the extra keys.
+    Every call evaluates every member's energy and forces (the disagreements need both).
     """
 
     implemented_properties = [
@@ -112,9 +181,9 @@ class CommitteeCalculator(Calculator):
     ]
 
     def __init__(self, committee: Committee, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        m0 = committee[0]
+        super().__init__(committee.descriptor, m0.skin_A, m0.r_cut_A, **kwargs)
         self.committee = committee
-        self._cache = _NeighbourCache(committee.descriptor, committee[0].skin_A)
 
     def calculate(
         self,
@@ -122,8 +191,8 @@ class CommitteeCalculator(Calculator):
         properties: list[str] | None = None,
         system_changes: list[str] = all_changes,
     ) -> None:
-        super().calculate(atoms, properties or ["energy"], system_changes)
-        res = self.committee.evaluate(self.atoms, self._cache.get(self.atoms))
+        atoms = self._take(atoms)
+        res = self.committee.evaluate(atoms, self._cache.get(atoms))
         self.results = {
             "energy": float(res.energies_eV[0]),
             "free_energy": float(res.energies_eV[0]),

@@ -259,10 +259,12 @@ class EarlyStop:
     """Observer that ends a trajectory once no atom can still leave (module docstring).
 
     With ``stop=False`` it only records when it would have stopped (``stop_time_fs``,
-    ``stop_step``, ``outcome``), for paired validation against full-length runs.
+    ``stop_step``, ``outcome``), for paired validation against full-length runs. It reads
+    positions and velocities only, never the potential energy.
     """
 
     reason = "early_stop"
+    needs_energy = False
 
     def __init__(
         self,
@@ -332,9 +334,15 @@ class ImpactSettings:
     ``r_cut_A`` attribute. ``timestep_fs`` (fixed step), ``duration_fs``, then up to
     ``max_extensions`` extensions of ``extension_fs`` while undecided. ``adaptive``
     replaces the fixed step. ``early_stop`` is "off", "on" or "shadow" (record when
-    it would stop, run on). ``heat_sink`` is "off", "berendsen" or "langevin". The
-    sanity bounds (``min_distance_A``, ``max_energy_drift_eV``, ``max_potential_drop_eV``)
-    end a trajectory as unphysical (:class:`nnprefine.md.SanityObserver`).
+    it would stop, run on), tested every ``check_interval`` steps. ``heat_sink`` is "off",
+    "berendsen" or "langevin". The sanity bounds (``min_distance_A``,
+    ``max_energy_drift_eV``, ``max_potential_drop_eV``) end a trajectory as unphysical
+    (:class:`nnprefine.md.SanityObserver`); distances are checked every step, the energy
+    bounds every ``energy_check_interval`` steps. Only those steps ask the calculator for
+    the energy, so a calculator whose energy costs extra saves it on the others. The NNP
+    calculators return it with the forces at no cost (it is the network pass the forces
+    need), and so does the SNAP reference (LAMMPS ``run 0`` on 491 atoms: 188.7 ms with
+    the energy, 188.6 without): the default 1 checks every step.
 
     The same settings run production impacts, exploration impacts and reference-driven
     impacts of the initial data; a config section names its fields with these names.
@@ -354,6 +362,7 @@ class ImpactSettings:
     escape_energy_eV: float = 2.0
     hold_fs: float = 10.0
     check_interval: int = 5
+    energy_check_interval: int = 1
     heat_sink: str = "off"
     heat_sink_temperature_K: float = 300.0
     heat_sink_tau_fs: float = 50.0
@@ -381,8 +390,12 @@ class ImpactSettings:
         for name in ("extension_fs", "max_extensions"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or more, got {getattr(self, name)}")
-        if self.check_interval < 1:
-            raise ConfigError(f"check_interval must be 1 or more, got {self.check_interval}")
+        for name in ("check_interval", "energy_check_interval"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ConfigError(
+                    f"{name} must be a whole number of steps, 1 or more, got "
+                    f"{getattr(self, name)!r}"
+                )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -423,6 +436,10 @@ class ImpactResult:
 
 
 class _MaxTracker:
+    """Running maximum of ``state.results[key]`` (a committee's disagreement)."""
+
+    needs_energy = False
+
     def __init__(self, key: str) -> None:
         self.key = key
         self.value: float | None = None
@@ -489,7 +506,11 @@ def run_impact(
         settings.max_energy_drift_eV,
         max_potential_drop_eV=settings.max_potential_drop_eV,
     )
-    dyn.attach(sanity, 1)
+    if settings.energy_check_interval == 1:
+        dyn.attach(sanity, 1)
+    else:
+        dyn.attach(sanity.check_geometry, 1)
+        dyn.attach(sanity.check_energy, settings.energy_check_interval)
     tracker = _MaxTracker(disagreement_key)
     dyn.attach(tracker, 1)
     early = None
@@ -542,6 +563,11 @@ def run_impact(
         duration = settings.extension_fs
     if outcome is None:  # the run ended early: classify where it stopped
         outcome = outcome_now()
+    if not s.energy_is_current:
+        try:  # the drift needs the energy of the last step
+            dyn.refresh_energy()
+        except SimulationError as exc:
+            unphysical, detail = True, detail or str(exc)
     shadow = None
     if early is not None and settings.early_stop == "shadow":
         shadow = {"stop_time_fs": early.stop_time_fs, "stop_step": early.stop_step}

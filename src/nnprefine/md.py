@@ -7,6 +7,14 @@ watch, trajectory writers, sanity checks) is an *observer* attached with
 :meth:`VelocityVerlet.attach`. An observer is called as ``fn(state)`` every ``interval``
 steps; returning a non-empty string stops the run with that string as the reason.
 
+Energy on demand: the potential energy is asked of the calculator only on steps where an
+attached observer declared that it reads it (``attach(fn, interval, needs_energy=True)``,
+the default for any observer that does not say otherwise through a ``needs_energy``
+attribute); on the other steps only forces are asked for. When the calculator returns the
+energy with the forces anyway (the NNP calculators, the SNAP reference and most ASE
+calculators do) it is kept. ``MDState.energy_step`` records the step of the energy in
+``MDState.energy_eV``; on any other step ``energy_eV`` is NaN, never an older value.
+
 Atoms held by ``FixAtoms`` constraints never move (their velocities and the forces on
 them are zeroed). The cell is periodic in x and y; along z the vacuum is open and atoms
 may leave the cell (the calculator handles non-periodic directions).
@@ -27,6 +35,7 @@ from typing import Any
 import numpy as np
 import vesin
 from ase import Atoms, units
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 from ase.geometry import find_mic
 
 from nnprefine.errors import ConfigError, NonFiniteResultError
@@ -51,6 +60,40 @@ _EV_PER_AMU_A2_FS2: float = 1.0 / units.fs**2
 Observer = Callable[["MDState"], "str | None"]
 
 
+_FORCES = ("forces",)
+_ENERGY_FORCES = ("energy", "forces")
+
+
+def _calculate(calc: Any, atoms: Atoms, properties: tuple[str, ...]) -> dict[str, Any]:
+    """The calculator's ``results`` for ``atoms``, holding ``properties``: one call at most.
+
+    ASE's ``get_property`` computes one property at a time, so a calculator that computes
+    only what it is asked for would run twice for energy and forces. A calculator that
+    keeps ASE's caching (``Calculator.get_property`` not overridden) is asked for all of
+    ``properties`` in one ``calculate``, with ASE's own state check and reset; any other
+    goes through ``get_property`` one property after the other. The returned dict is the
+    calculator's: copy what you change.
+    """
+    if isinstance(calc, Calculator) and type(calc).get_property is Calculator.get_property:
+        changes = calc.check_state(atoms)
+        if changes:
+            calc.atoms = None
+            calc.results = {}
+        if any(p not in calc.results for p in properties):
+            if calc.use_cache:
+                calc.atoms = atoms.copy()
+            calc.calculate(atoms, list(properties), changes)
+        missing = [p for p in properties if p not in calc.results]
+        if missing:
+            raise PropertyNotImplementedError(
+                f"{type(calc).__name__} returned no {', '.join(missing)} for these atoms"
+            )
+        return calc.results
+    for name in properties:
+        calc.get_property(name, atoms)
+    return calc.results
+
+
 def kinetic_energies_eV(masses_amu: np.ndarray, velocities_A_per_fs: np.ndarray) -> np.ndarray:
     """Per-atom kinetic energies, (n_atoms,) float64 in eV.
 
@@ -66,11 +109,16 @@ class MDState:
 
     positions: (n, 3) float64, Å (not wrapped into the cell). velocities: (n, 3) float64,
     Å/fs. forces: (n, 3) float64, eV/Å (zero on fixed atoms). ``energy_eV`` is the
-    potential energy, ``kinetic_eV`` the total kinetic energy. ``results`` is the
-    calculator's ``results`` dict of the last force call (committee calculators put
-    extra keys there, e.g. ``force_disagreement_eV_per_A``). ``timestep_fs`` is the step
-    that will be taken next; ``heat_removed_eV`` the energy a heat sink took out so far;
-    ``force_time_s`` the CPU time (this thread, s) spent in force calls.
+    potential energy (eV) of this step when ``energy_step == step``
+    (:attr:`energy_is_current`) and NaN otherwise: on steps where no observer asked for
+    it and the calculator did not return it with the forces it is not known (module
+    docstring); ``total_eV`` is then NaN too. ``kinetic_eV`` is the total kinetic energy
+    (always current). ``results`` is the calculator's ``results`` dict of the last force
+    call (committee calculators put extra keys there, e.g.
+    ``force_disagreement_eV_per_A``). ``timestep_fs`` is the step that will be taken next;
+    ``heat_removed_eV`` the energy a heat sink took out so far; ``force_time_s`` the CPU
+    time (this thread, s) spent in calculator calls, ``n_force_calls`` their number and
+    ``n_energy_requests`` how many of them asked for the energy.
     """
 
     positions: np.ndarray
@@ -86,10 +134,17 @@ class MDState:
     results: dict[str, Any] = field(default_factory=dict)
     force_time_s: float = 0.0
     n_force_calls: int = 0
+    energy_step: int = -1
+    n_energy_requests: int = 0
+
+    @property
+    def energy_is_current(self) -> bool:
+        """Whether ``energy_eV`` is the potential energy of this very step."""
+        return self.energy_step == self.step
 
     @property
     def total_eV(self) -> float:
-        """Potential + kinetic energy (eV)."""
+        """Potential + kinetic energy (eV); NaN on a step without a current energy."""
         return self.energy_eV + self.kinetic_eV
 
     def kinetic_energies_eV(self) -> np.ndarray:
@@ -249,7 +304,9 @@ class VelocityVerlet:
     ``timestep`` is a step in fs or an :class:`AdaptiveTimestep`. ``heat_sink`` is an
     optional :class:`HeatSink` applied after every step. The atoms' positions are updated
     in place (the calculator reads them); velocities live in :attr:`state` (Å/fs) and are
-    written back to the atoms by :meth:`sync_atoms`.
+    written back to the atoms by :meth:`sync_atoms`. The energy is asked for at the start
+    and on the steps an observer that needs it is called (module docstring);
+    :meth:`refresh_energy` evaluates it now.
     """
 
     def __init__(
@@ -272,9 +329,11 @@ class VelocityVerlet:
         self.heat_sink = heat_sink
         self.fixed = fixed_mask(atoms)
         self.free = ~self.fixed
+        self._fixed_index = np.flatnonzero(self.fixed)
         if heat_sink is not None:
             heat_sink.mask = heat_sink.mask & self.free  # a kick must never move a fixed atom
         self._observers: list[tuple[Observer, int]] = []
+        self._energy_intervals: list[int] = []
         masses = atoms.get_masses().astype(np.float64)
         self._inv_mass = (ACCEL_PER_FORCE / masses)[:, None]
         v = atoms.get_velocities() * units.fs  # ASE velocity (Å/t_ase) -> Å/fs
@@ -285,10 +344,10 @@ class VelocityVerlet:
             velocities=v,
             forces=np.zeros_like(positions),
             masses=masses,
-            energy_eV=0.0,
+            energy_eV=math.nan,
             kinetic_eV=0.0,
         )
-        self._compute_forces()
+        self._compute_forces(need_energy=True, step=0)  # the reference of every drift
         s = self.state
         s.kinetic_eV = float(kinetic_energies_eV(masses, v).sum())
         s.timestep_fs = (
@@ -297,52 +356,97 @@ class VelocityVerlet:
         if self.adaptive:
             s.timestep_fs = min(s.timestep_fs, first_dt)
 
-    def attach(self, fn: Observer, interval: int = 1) -> None:
+    def attach(self, fn: Observer, interval: int = 1, needs_energy: bool | None = None) -> None:
         """Call ``fn(state)`` every ``interval`` steps (and once before the first step).
 
         If ``fn`` returns a non-empty string, :meth:`run` stops with that reason.
+        ``needs_energy``: whether ``fn`` reads ``state.energy_eV`` (or ``total_eV``); the
+        potential energy is then evaluated on every step ``fn`` is called. None (the
+        default) takes ``fn.needs_energy`` when ``fn`` has that attribute and True
+        otherwise, so an observer that does not declare it always sees a current energy.
         """
+        if isinstance(interval, bool) or not isinstance(interval, int | np.integer):
+            raise ConfigError(
+                f"observer interval must be a whole number of steps, got {interval!r}"
+            )
         if interval < 1:
             raise ConfigError(
                 f"observer interval must be a positive number of steps, got {interval}"
             )
+        if needs_energy is None:
+            needs_energy = bool(getattr(fn, "needs_energy", True))
         self._observers.append((fn, int(interval)))
+        if needs_energy:
+            self._energy_intervals.append(int(interval))
 
-    def _compute_forces(self) -> None:
+    def energy_needed_at(self, step: int) -> bool:
+        """Whether an observer that reads the energy is called at ``step``."""
+        return any(step % k == 0 for k in self._energy_intervals)
+
+    def _compute_forces(self, need_energy: bool, step: int) -> None:
+        """Forces at ``state.positions`` (those of ``step``), and the energy when asked.
+
+        An energy the calculator returns with the forces unasked is kept: a calculator's
+        ``results`` are reset whenever the atoms changed, so it belongs to these positions.
+        A non-finite energy or force is an error whether asked for or not.
+        """
         s = self.state
         atoms = self.atoms
         atoms.set_positions(s.positions, apply_constraint=False)
         t0 = time.thread_time()
-        calc = atoms.calc
-        forces = np.array(calc.get_property("forces", atoms), dtype=np.float64)
-        energy = float(calc.get_property("energy", atoms))
+        results = _calculate(atoms.calc, atoms, _ENERGY_FORCES if need_energy else _FORCES)
+        forces = np.array(results["forces"], dtype=np.float64)  # ours: zeroed below
+        energy = results.get("energy")
         s.force_time_s += time.thread_time() - t0
         s.n_force_calls += 1
-        if not (math.isfinite(energy) and np.isfinite(forces).all()):
+        s.n_energy_requests += need_energy
+        if not (np.isfinite(forces).all() and (energy is None or math.isfinite(energy))):
             raise NonFiniteResultError(
-                f"the calculator returned a non-finite energy or force at step {s.step} "
-                f"(t = {s.time_fs:.3f} fs); the configuration is unphysical or the model "
-                "left its training domain — reduce the time step or refine the potential"
+                f"the calculator returned a non-finite energy or force at step {step} "
+                f"(t = {s.time_fs:.3f} fs before the step); the configuration is unphysical "
+                "or the model left its training domain — reduce the time step or refine "
+                "the potential"
             )
-        forces[self.fixed] = 0.0
+        if len(self._fixed_index):
+            forces[self._fixed_index] = 0.0
         s.forces = forces
-        s.energy_eV = energy
-        s.results = calc.results
+        s.results = results
+        if energy is None:  # not known at this step: NaN, never an older value
+            s.energy_eV, s.energy_step = math.nan, -1
+        else:
+            s.energy_eV, s.energy_step = float(energy), step
+
+    def refresh_energy(self) -> float:
+        """The potential energy (eV) of the current step, evaluated now if not yet known."""
+        s = self.state
+        if not s.energy_is_current:
+            t0 = time.thread_time()
+            energy = float(_calculate(self.atoms.calc, self.atoms, ["energy"])["energy"])
+            s.force_time_s += time.thread_time() - t0
+            s.n_energy_requests += 1
+            if not math.isfinite(energy):
+                raise NonFiniteResultError(
+                    f"the calculator returned a non-finite energy at step {s.step} "
+                    f"(t = {s.time_fs:.3f} fs)"
+                )
+            s.energy_eV, s.energy_step = energy, s.step
+        return s.energy_eV
 
     def step(self) -> None:
         """One velocity-Verlet step of ``state.timestep_fs``."""
         s = self.state
         dt = s.timestep_fs
-        acc = s.forces * self._inv_mass
-        s.velocities += 0.5 * dt * acc
+        half_dt = 0.5 * dt
+        s.velocities += half_dt * (s.forces * self._inv_mass)
         s.positions += dt * s.velocities
-        self._compute_forces()
-        s.velocities += 0.5 * dt * (s.forces * self._inv_mass)
+        new_step = s.step + 1  # observers called after this step read its energy if they need it
+        self._compute_forces(self.energy_needed_at(new_step), new_step)
+        s.velocities += half_dt * (s.forces * self._inv_mass)
         if self.heat_sink is not None:
             s.heat_removed_eV += self.heat_sink.apply(s.velocities, s.masses, dt)
         s.kinetic_eV = float(kinetic_energies_eV(s.masses, s.velocities).sum())
         s.time_fs += dt
-        s.step += 1
+        s.step = new_step
         if self.adaptive is not None:
             s.timestep_fs = self.adaptive.next_timestep_fs(s.velocities, s.forces, dt)
 
@@ -404,18 +508,28 @@ class VelocityVerlet:
 class SanityObserver:
     """Stops a run with reason ``"unphysical"`` on NaN, overlapping atoms or exploding energy.
 
-    Checks every call: finite positions, velocities and energy; no two atoms closer than
-    ``min_distance_A`` (periodic images included); total energy (plus any heat a sink
-    removed) within ``max_energy_drift_eV`` of its value at the first call; and, when
-    ``max_potential_drop_eV`` is set, potential energy no more than that below its value
-    at the first call. The last catches a potential with a spurious deep minimum (an
-    under-trained NNP): the integrator then conserves energy perfectly while the released
-    potential energy blows the slab apart. From a relaxed slab with an isolated projectile
-    a physical drop is bounded by the projectile's binding (a few eV) and thermal
-    fluctuations. ``detail`` says what was found.
+    Two checks, each an observer of its own: :meth:`check_geometry` (finite positions and
+    velocities; no two atoms closer than ``min_distance_A``, periodic images included)
+    reads no energy; :meth:`check_energy` needs the current potential energy: total
+    energy (plus any heat a sink removed) finite and within ``max_energy_drift_eV`` of its
+    value at the first call, and, when ``max_potential_drop_eV`` is set, potential energy
+    no more than that below its value at the first call. The last catches a potential with
+    a spurious deep minimum (an under-trained NNP): the integrator then conserves energy
+    perfectly while the released potential energy blows the slab apart. From a relaxed
+    slab with an isolated projectile a physical drop is bounded by the projectile's binding
+    (a few eV) and thermal fluctuations. Called as ``observer(state)`` it runs both (so it
+    declares ``needs_energy``); to check the energy less often, attach ``check_geometry``
+    every step and ``check_energy`` at a longer interval. ``detail`` says what was found.
+
+    The distance check keeps the pairs within a search radius r_s = max(1.5 Å,
+    ``min_distance_A`` + 1 Å) and searches again only once an atom has moved more than
+    (r_s − ``min_distance_A``)/2 since the last search: until then no pair outside the
+    list can have come closer than ``min_distance_A``, so the listed pairs are all there
+    is to check (``n_searches`` counts the searches).
     """
 
     reason = "unphysical"
+    needs_energy = True
 
     def __init__(
         self,
@@ -431,10 +545,15 @@ class SanityObserver:
             )
         self._cell = np.ascontiguousarray(atoms.cell.array, dtype=np.float64)
         self._pbc = [bool(p) for p in atoms.pbc]
-        # Cell-list codes bin space by the cutoff: a 0.2 Å cutoff makes ~10⁶ bins for a
-        # production slab (tens of ms per call). Search to 1.5 Å and filter instead.
-        self._search = vesin.NeighborList(cutoff=max(1.5, float(min_distance_A)), full_list=False)
         self.min_distance_A = float(min_distance_A)
+        # Cell-list codes bin space by the cutoff: a 0.2 Å cutoff makes ~10⁶ bins for a
+        # production slab (tens of ms per call). Search wider and keep the pairs instead.
+        radius = max(1.5, self.min_distance_A + 1.0)
+        self._search = vesin.NeighborList(cutoff=radius, full_list=False)
+        self._half_margin_sq_A2 = (0.5 * (radius - self.min_distance_A)) ** 2
+        self._pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._search_positions: np.ndarray | None = None
+        self.n_searches = 0
         self.max_energy_drift_eV = float(max_energy_drift_eV)
         self.max_potential_drop_eV = max_potential_drop_eV
         self.initial_total_eV: float | None = None
@@ -442,15 +561,35 @@ class SanityObserver:
         self.detail: str | None = None
 
     def __call__(self, state: MDState) -> str | None:
-        total = state.total_eV + state.heat_removed_eV
-        if not (
-            np.isfinite(state.positions).all()
-            and np.isfinite(state.velocities).all()
-            and math.isfinite(total)
-        ):
-            self.detail = (
-                f"non-finite positions, velocities or energy at t = {state.time_fs:.3f} fs"
+        return self.check_geometry(state) or self.check_energy(state)
+
+    def check_geometry(self, state: MDState) -> str | None:
+        """Finite positions and velocities, no pair closer than ``min_distance_A``."""
+        if not (np.isfinite(state.positions).all() and np.isfinite(state.velocities).all()):
+            self.detail = f"non-finite positions or velocities at t = {state.time_fs:.3f} fs"
+            return self.reason
+        if self.min_distance_A > 0:
+            d_min = self._closest_listed_pair_A(state.positions)
+            if d_min is not None and d_min < self.min_distance_A:
+                self.detail = (
+                    f"atoms {d_min:.3f} Å apart (minimum {self.min_distance_A} Å) at "
+                    f"t = {state.time_fs:.3f} fs"
+                )
+                return self.reason
+        return None
+
+    check_geometry.needs_energy = False  # type: ignore[attr-defined]
+
+    def check_energy(self, state: MDState) -> str | None:
+        """Total energy finite and within the drift bound; potential within the drop bound."""
+        if not state.energy_is_current:
+            raise ConfigError(
+                f"SanityObserver.check_energy was called at step {state.step} without the "
+                "energy of that step; attach it with needs_energy=True"
             )
+        total = state.total_eV + state.heat_removed_eV
+        if not math.isfinite(total):
+            self.detail = f"non-finite energy at t = {state.time_fs:.3f} fs"
             return self.reason
         if self.initial_total_eV is None:
             self.initial_total_eV = total
@@ -470,15 +609,32 @@ class SanityObserver:
                 f"at t = {state.time_fs:.3f} fs"
             )
             return self.reason
-        if self.min_distance_A > 0:
-            (d,) = self._search.compute(
-                np.ascontiguousarray(state.positions), self._cell, self._pbc, "d"
-            )
-            d = d[d < self.min_distance_A]
-            if len(d):
-                self.detail = (
-                    f"atoms {float(d.min()):.3f} Å apart (minimum {self.min_distance_A} Å) at "
-                    f"t = {state.time_fs:.3f} fs"
-                )
-                return self.reason
         return None
+
+    check_energy.needs_energy = True  # type: ignore[attr-defined]
+
+    def _closest_listed_pair_A(self, positions: np.ndarray) -> float | None:
+        """Shortest distance (Å) among the listed pairs, searching again when needed."""
+        pos = np.ascontiguousarray(positions, dtype=np.float64)
+        old = self._search_positions
+        if (
+            old is None
+            or old.shape != pos.shape
+            or self._moved_sq_A2(pos, old) > self._half_margin_sq_A2
+        ):
+            i, j, shift = self._search.compute(pos, self._cell, self._pbc, "ijS")
+            i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+            shift_A = np.asarray(shift, dtype=np.float64).reshape(-1, 3) @ self._cell
+            self._pairs = (i, j, shift_A)  # d_ij = r_j − r_i + S·cell
+            self._search_positions = pos.copy()
+            self.n_searches += 1
+        i, j, shift_A = self._pairs
+        if len(i) == 0:
+            return None
+        d = pos[j] - pos[i] + shift_A
+        return float(np.sqrt(np.einsum("ij,ij->i", d, d).min()))
+
+    @staticmethod
+    def _moved_sq_A2(pos: np.ndarray, old: np.ndarray) -> float:
+        d = pos - old
+        return float(np.einsum("ij,ij->i", d, d).max(initial=0.0))

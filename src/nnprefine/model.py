@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms
+from ase.data import chemical_symbols
 
 from nnprefine import __version__
 from nnprefine.descriptors import Descriptor, Neighbours, SymmetryFunctionSet
@@ -335,10 +336,13 @@ class ZBLBaseline:
 # --------------------------------------------------------------------------- potential
 
 
+_SYMBOLS = np.array(chemical_symbols)
+
+
 def _symbols_check(atoms: Atoms, elements: Sequence[str]) -> np.ndarray:
     """Element symbols (n_atoms,) of ``atoms``; error if one is not covered."""
-    symbols = np.array(atoms.get_chemical_symbols())
-    unknown = sorted(set(symbols.tolist()) - set(elements))
+    symbols = _SYMBOLS[atoms.numbers]  # vectorised: no Python list of n_atoms strings
+    unknown = sorted(set(_SYMBOLS[np.unique(atoms.numbers)].tolist()) - set(elements))
     if unknown:
         raise UnsupportedElementError(
             f"the model covers {list(elements)} but the structure holds {unknown}; "

@@ -357,6 +357,8 @@ def write_html(
                 ("sputtered", "sputtered"),
                 ("yield", "yield"),
                 ("error_2sigma", "2σ/√N"),
+                ("yield_upper", "Y + undecided/N"),
+                ("undecided", "undecided"),
                 ("reflected", "reflected"),
                 ("core_seconds_per_trajectory", "core-s / trajectory"),
             ],

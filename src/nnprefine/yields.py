@@ -5,7 +5,9 @@ trial with success probability p = Y (exact when no impact sputters more than on
 which holds near threshold) and quotes D = 2σ/√N with σ = √(p(1−p)); we report that,
 and beside it the 95 % Wilson score interval and the exact Clopper–Pearson interval
 for k = min(sputtered atoms, N) successes in N impacts. Unphysical trajectories are
-left out of N (and counted); undecided ones count as "not sputtered" (and are counted).
+left out of N (and counted); undecided ones count as "not sputtered" (and are counted),
+and :attr:`YieldEstimate.yield_upper` = Y + n_undecided/N is reported beside Y: the
+yield if every undecided trajectory had sputtered one atom more.
 """
 
 from __future__ import annotations
@@ -99,6 +101,16 @@ class YieldEstimate:
     reflection_error: float
     n_undecided: int
     n_unphysical: int
+
+    @property
+    def yield_upper(self) -> float:
+        """Y + n_undecided/N: the yield had every undecided trajectory sputtered one atom.
+
+        An upper bound beside Y for what the undecided trajectories could still add
+        (trajectories sputter one atom at most near threshold); equal to Y when none is
+        undecided, NaN without trajectories.
+        """
+        return self.yield_ + self.n_undecided / self.n if self.n else float("nan")
 
     @property
     def wilson_half_width(self) -> float:

@@ -89,6 +89,7 @@ def sputter(project: Project) -> dict[str, Any]:
         for est in estimates[c["label"]]:
             project.say(
                 f"  {est.energy_eV:g} eV: yield {est.yield_:.3f} ± {est.error:.3f} (N = {est.n}), "
+                f"at most {est.yield_upper:.3f} with its {est.n_undecided} undecided, "
                 f"reflected {est.reflection:.3f}"
             )
     return {label: [e.energy_eV for e in est] for label, est in estimates.items()}
