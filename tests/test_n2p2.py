@@ -149,6 +149,12 @@ def test_training_keywords_are_ignored_and_baseline_snippet(model, tmp_path):
     snippet = (tmp_path / "lammps.in").read_text()
     assert "hybrid/overlay hdnnp" in snippet and "zbl 1 2" in snippet
     assert "pair_coeff 1 1 zbl 4 4" in snippet
+    # LAMMPS's hdnnp: cutoff on pair_style, then "* *" and one element per atom type
+    style = next(line for line in snippet.splitlines() if line.startswith("pair_style"))
+    assert style.split()[2:4] == ["hdnnp", f"{with_zbl.r_cut_A:g}"]
+    assert style.split()[5].endswith("/")
+    coeff = [line.split() for line in snippet.splitlines() if "* * hdnnp" in line]
+    assert coeff == [["pair_coeff", "*", "*", "hdnnp", *with_zbl.elements]]
 
 
 @pytest.mark.parametrize(

@@ -36,10 +36,14 @@ rejected with an error naming the file and line.
 With a ZBL baseline (:class:`~nnprefine.model.ZBLBaseline`) the exported networks hold
 reference − ZBL; reproduce the model in LAMMPS with::
 
-    pair_style hybrid/overlay hdnnp <rc> dir <dir> showew no showewsum 0 resetew no \
+    pair_style hybrid/overlay hdnnp <rc> dir <dir>/ showew no showewsum 0 resetew no \
         maxew 1000 cflength 1.0 cfenergy 1.0 zbl <r_inner_A> <r_outer_A>
-    pair_coeff * * hdnnp <rc> Be
-    pair_coeff * * zbl 4 4
+    pair_coeff * * hdnnp Be
+    pair_coeff 1 1 zbl 4 4
+
+LAMMPS's ``hdnnp`` takes the cutoff on the ``pair_style`` line and, in ``pair_coeff``,
+``* *`` followed by one element per atom type (ML-HDNNP's ``PairHDNNP::coeff``); the
+directory is joined to the file names as written, hence the trailing slash.
 
 (``write_n2p2`` also writes these lines to ``lammps.in`` next to the files).
 """
@@ -241,10 +245,10 @@ def _write_lammps_snippet(
         "# LAMMPS: the exported networks plus the ZBL baseline (types in this order: "
         + " ".join(elements)
         + ")",
-        f"pair_style hybrid/overlay hdnnp {rc:g} dir {directory} showew no showewsum 0 "
-        f"resetew no maxew 1000 cflength 1.0 cfenergy 1.0 zbl {base.r_inner_A:g} "
+        f"pair_style hybrid/overlay hdnnp {rc:g} dir {str(directory).rstrip('/')}/ showew no "
+        f"showewsum 0 resetew no maxew 1000 cflength 1.0 cfenergy 1.0 zbl {base.r_inner_A:g} "
         f"{base.r_outer_A:g}",
-        f"pair_coeff * * hdnnp {rc:g} " + " ".join(elements),
+        "pair_coeff * * hdnnp " + " ".join(elements),  # one element per atom type
     ]
     for a, ea in enumerate(elements, start=1):
         for b, eb in enumerate(elements, start=1):
