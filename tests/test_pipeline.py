@@ -94,6 +94,10 @@ def test_run_writes_report_and_summary_with_every_section(finished):
         assert y["trajectories"] == (2 if y["driver"] == "model" else 1)
         assert y["yield"] == pytest.approx(y["sputtered"] / y["trajectories"])
         assert y["error_2sigma"] >= 0 and 0 <= y["reflected"] <= 1
+        k = min(y["sputtered"], y["trajectories"])  # the successes the exact interval is for
+        assert y["clopper_pearson_low"] <= k / y["trajectories"] <= y["clopper_pearson_high"]
+        assert y["yield_upper"] >= y["yield"]
+        assert (y["sputtered_energy_mean_eV"] is None) == (y["sputtered"] == 0)
     # The data set holds exactly what the iterations say they added.
     with closing(sqlite3.connect(out / "data.db")) as con, con:
         per_iteration = dict(

@@ -290,9 +290,7 @@ def test_yield_estimate_and_intervals():
 
 def test_undecided_trajectories_give_an_upper_bound_beside_the_yield():
     def row(sputtered: int, undecided: int = 0, unphysical: int = 0) -> dict:
-        return dict(
-            n_sputtered=sputtered, reflected=0, undecided=undecided, unphysical=unphysical
-        )
+        return dict(n_sputtered=sputtered, reflected=0, undecided=undecided, unphysical=unphysical)
 
     # 40 impacts: 2 sputtered one atom, 1 two; 3 undecided (one of which sputtered one
     # already); an unphysical one is out of N and of the bound

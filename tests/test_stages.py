@@ -265,3 +265,24 @@ def test_a_slab_the_calculator_cannot_handle_is_a_clear_error_and_no_file(projec
     assert not project.slab_path(slab_cfg.file_key).exists()
     with pytest.raises(ReferenceCalculationError, match="preparing slab .* failed .*SCF"):
         prepared_slab(project, slab_cfg, calc=TestReference(fail_pattern="r"))
+
+
+def test_production_sections_pool_only_when_their_protocol_is_the_same(tmp_path):
+    from nnprefine.stages.production import campaigns
+
+    slab = {"size": [3, 3, 4], "vacuum_A": 6.0}
+    config = config_from_dict(
+        {
+            "project": {"output_dir": str(tmp_path / "out"), "seed": 3},
+            "descriptor": {"preset": "generated", "r_cut_A": 4.0},
+            "initial_data": {"slab": slab},
+            "production": [
+                {"slab": slab, "energies_eV": [50.0, 60.0], "trajectories_per_energy": 5},
+                {"slab": slab, "energies_eV": [60.0], "trajectories_per_energy": 50},
+                {"slab": slab, "energies_eV": [60.0], "timestep_fs": 0.1},
+            ],
+        }
+    )
+    labels = [c["label"] for c in campaigns(Project(config))]
+    assert labels[0] == labels[1]  # the same protocol: more trajectories, one statistics
+    assert labels[2] not in labels[:2] and labels[2].endswith("/production2")

@@ -345,8 +345,13 @@ def plot_yields(
     published: Sequence[tuple[float, float, float]] | None = PAPER_BE0001_NNP5,
     label: str = "this work",
     title: str = "Be self-sputtering, Be(0001)",
+    more: Sequence[tuple[str, Sequence[YieldEstimate], EcksteinFit | None]] = (),
 ) -> Path:
-    """Yield vs energy with error bars D, the Eckstein fit and published points; a PNG."""
+    """Yield vs energy with error bars D, the Eckstein fit and published points; a PNG.
+
+    ``more``: further series (label, estimates, fit or None), e.g. other surfaces or slab
+    sizes, drawn with their own markers and fits.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,6 +383,22 @@ def plot_yields(
             label=f"Eckstein fit: $E_{{th}}$ = {p['threshold_eV']:.1f} eV, q = {p['q']:.2f}, "
             f"μ = {p['mu']:.2f}, λ = {p['lambda_']:.2f}",
         )
+    for k, (more_label, more_est, more_fit) in enumerate(more):
+        pts = [x for x in more_est if x.n > 0]
+        if not pts:
+            continue
+        bars = ax.errorbar(
+            [x.energy_eV for x in pts],
+            [x.yield_ for x in pts],
+            yerr=[x.error for x in pts],
+            fmt="^v<>dp"[k % 6],
+            capsize=3,
+            label=f"{more_label} (N = {', '.join(str(x.n) for x in pts)})",
+        )
+        if more_fit is not None:
+            e = [x.energy_eV for x in pts]
+            grid = np.linspace(min(e) * 0.9, max(e) * 1.1, 300)
+            ax.plot(grid, more_fit(grid), "--", color=bars[0].get_color())
     ax.set_xlabel("projectile energy (eV)")
     ax.set_ylabel("sputtering yield (atoms/ion)")
     ax.set_title(title)

@@ -20,14 +20,26 @@ __all__ = ["campaigns", "sputter"]
 
 def campaigns(project: Project) -> list[dict[str, Any]]:
     """Every campaign the config asks for: index, production section, driver, energies,
-    trajectories per energy and the label its trajectories are stored under."""
+    trajectories per energy and the label its trajectories are stored under.
+
+    The label is ``<slab label>/<driver>``. Two sections on the same slab with the same
+    impact settings share it on purpose: the later one adds trajectories to the same
+    statistics (the paper's 5,000 trajectories near threshold on top of 500), and the
+    report lists each label once. With other settings a section gets its own label,
+    ``<slab label>/<driver>/production<index>``, so trajectories of different protocols
+    are never pooled.
+    """
     out = []
+    settings_of: dict[str, Any] = {}
     for i, prod in enumerate(project.config.production):
         runs = [("model", prod.energies_eV, prod.trajectories_per_energy)]
         if prod.reference_energies_eV and prod.reference_trajectories:
             runs.append(("reference", prod.reference_energies_eV, prod.reference_trajectories))
         for driver, energies, n in runs:
             if energies and n:
+                label = f"{prod.slab.label}/{driver}"
+                if settings_of.setdefault(label, prod.impact) != prod.impact:
+                    label = f"{label}/production{i}"
                 out.append(
                     {
                         "index": i,
@@ -35,7 +47,7 @@ def campaigns(project: Project) -> list[dict[str, Any]]:
                         "driver": driver,
                         "energies_eV": energies,
                         "trajectories": n,
-                        "label": f"{prod.slab.label}/{driver}",
+                        "label": label,
                     }
                 )
     return out

@@ -17,6 +17,27 @@ from nnprefine.stages.project import Project
 __all__ = ["report", "summary"]
 
 
+def _unique_campaigns(project: Project) -> list[dict[str, Any]]:
+    """The campaigns, each label once (sections that share a label pool their trajectories)."""
+    seen: set[str] = set()
+    return [c for c in campaigns(project) if not (c["label"] in seen or seen.add(c["label"]))]
+
+
+def _sputtered_atoms(atoms: list[dict[str, float]]) -> dict[str, Any]:
+    """Mean kinetic energy (eV) and polar angle from the normal (deg) of the sputtered
+    atoms, with their 10 %, 50 % and 90 % quantiles; None when none sputtered."""
+    if not atoms:
+        return {"sputtered_energy_mean_eV": None, "sputtered_polar_mean_deg": None}
+    ke = np.array([a["kinetic_eV"] for a in atoms])
+    polar = np.array([a["polar_deg"] for a in atoms])
+    return {
+        "sputtered_energy_mean_eV": float(ke.mean()),
+        "sputtered_energy_quantiles_eV": [float(q) for q in np.quantile(ke, [0.1, 0.5, 0.9])],
+        "sputtered_polar_mean_deg": float(polar.mean()),
+        "sputtered_polar_quantiles_deg": [float(q) for q in np.quantile(polar, [0.1, 0.5, 0.9])],
+    }
+
+
 def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of ``summary.json``'s ``yields`` and Eckstein fits, from ``results.db``."""
     from nnprefine.errors import NnprefineError
@@ -25,11 +46,12 @@ def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, 
 
     rows, fits = [], []
     with ResultsDB(project.results_db) as db:
-        for c in campaigns(project):
+        for c in _unique_campaigns(project):
             surface = c["production"].slab.label
             ests = [e for e in db.yields(c["label"]) if e.n > 0]
             for e in ests:
                 traj = db.rows(c["label"], e.energy_eV)
+                atoms_out = [a for r in traj for a in json.loads(r["sputtered_json"] or "[]")]
                 rows.append(
                     {
                         "surface": surface,
@@ -42,11 +64,14 @@ def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, 
                         "error_2sigma": e.error,
                         "wilson_low": e.wilson_low,
                         "wilson_high": e.wilson_high,
+                        "clopper_pearson_low": e.exact_low,
+                        "clopper_pearson_high": e.exact_high,
                         "reflected": e.reflection,
                         "undecided": e.n_undecided,
                         "unphysical": e.n_unphysical,
                         "core_seconds_per_trajectory": sum(r["core_s"] for r in traj)
                         / max(len(traj), 1),
+                        **_sputtered_atoms(atoms_out),
                     }
                 )
             if c["driver"] != "model":
@@ -78,25 +103,28 @@ def _yield_plot(project: Project, path: Path) -> Any:
     from nnprefine.sputter import ResultsDB
     from nnprefine.yields import fit_campaign, plot_yields
 
-    model_runs = [c for c in campaigns(project) if c["driver"] == "model"]
-    if not model_runs:
-        return None
-    c = model_runs[0]
+    series = []
     with ResultsDB(project.results_db) as db:
-        ests = [e for e in db.yields(c["label"]) if e.n > 0]
-    if not ests:
+        for c in _unique_campaigns(project):
+            if c["driver"] != "model":
+                continue
+            ests = [e for e in db.yields(c["label"]) if e.n > 0]
+            if not ests:
+                continue
+            try:
+                fit = fit_campaign(ests)
+            except Exception:  # a failed fit is reported in the summary; the points stay
+                fit = None
+            series.append((f"this work ({c['label'].removesuffix('/model')}, NNP)", ests, fit))
+    if not series:
         return None
-    try:
-        fit = fit_campaign(ests)
-    except Exception:  # a failed fit is reported in the summary; the plot shows the points
-        fit = None
-    surface = c["production"].slab.label
     return plot_yields(
         path,
-        ests,
-        fit,
-        label=f"this work ({surface}, NNP)",
-        title=f"{project.config.project.element} self-sputtering, {surface}",
+        series[0][1],
+        series[0][2],
+        label=series[0][0],
+        title=f"{project.config.project.element} self-sputtering",
+        more=series[1:],
     )
 
 
