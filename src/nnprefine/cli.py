@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 
 from nnprefine import __version__
-from nnprefine.errors import NnprefineError
+from nnprefine.errors import ConfigError, NnprefineError, UnsupportedElementError
 
 __all__ = ["main"]
 
@@ -19,7 +21,13 @@ def _cmd_check_reference(args: argparse.Namespace) -> int:
     from nnprefine.reference import make_reference
     from nnprefine.structures import be0001_slab, relax_hcp, relax_slab
 
-    spec = json.loads(args.reference) if args.reference else None
+    try:
+        spec = json.loads(args.reference) if args.reference else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--reference is not valid JSON ({exc}); give a spec such as "
+            '\'{"kind": "builtin-snap"}\''
+        ) from None
     t0 = time.perf_counter()
     bulk = relax_hcp(make_reference(spec))
     slab = be0001_slab(size=(4, 4, 6), a_A=bulk["a_A"], c_A=bulk["c_A"])
@@ -87,12 +95,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     project = _project(args)
     model_dir = project.model_dir(args.model)
     if not model_dir.exists():
-        from nnprefine.errors import NnprefineError
-
         raise NnprefineError(
             f"no model '{args.model}' in {project.dir / 'models'}; run 'nnprefine train' first"
         )
     committee = Committee.load(model_dir)
+    if not 0 <= args.member < len(committee.members):
+        raise ConfigError(
+            f"--member {args.member}: '{args.model}' has members 0 … {len(committee.members) - 1}"
+        )
     out = args.output or str(project.dir / "n2p2" / args.model)
     write_n2p2(committee.members[args.member], out)
     print(f"n2p2 files of member index {args.member} of '{args.model}' written to {out}")
@@ -117,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config; results go to its [project] output_dir. See examples/ for configs.",
     )
     parser.add_argument("--version", action="version", version=f"nnprefine {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in _STAGE_HELP.items():
         p = sub.add_parser(name, help=text, description=text)
@@ -152,17 +163,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exit codes: 0 done, 1 a failure, 2 a user error (config, arguments, input), 3 targets
+#: missed (``validate``), 130 interrupted
+EXIT_FAILURE, EXIT_USER_ERROR, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _one_line(exc: BaseException) -> tuple[str, int]:
+    """The message and exit code for an exception that ends a command."""
+    if isinstance(exc, ConfigError | UnsupportedElementError):
+        return f"error: {exc}", EXIT_USER_ERROR
+    if isinstance(exc, NnprefineError):
+        return f"error: {exc}", EXIT_FAILURE
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            hint = "free some space and rerun the same command: the project resumes"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = "make the folder writable or set [project] output_dir to a writable one"
+        else:
+            hint = "check the path; the project resumes when rerun"
+        return f"error: {exc.strerror or exc}{where}; {hint}", EXIT_FAILURE
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (
+            f"error: a database of the project is damaged or not SQLite ({exc}); move the "
+            "named file aside and rerun 'nnprefine run' to rebuild what it held",
+            EXIT_FAILURE,
+        )
+    return (
+        f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
+        "and report it)",
+        EXIT_FAILURE,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; failures become one line on stderr (a traceback with --debug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USER_ERROR
     try:
         return int(args.func(args) or 0)
-    except NnprefineError as exc:
-        print(f"nnprefine: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("nnprefine: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        message, code = _one_line(exc)
+        print(f"nnprefine: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":
