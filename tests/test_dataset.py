@@ -723,6 +723,37 @@ def test_a_schema_1_store_migrates_and_keeps_its_frames(tmp_path):
         store.add(_tiny(99), origin="validation", reference=REFERENCE)
         assert store.count(split="validation") == 1
     with closing(sqlite3.connect(path)) as conn:
-        assert dict(conn.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+        assert dict(conn.execute("SELECT key, value FROM meta"))["schema_version"] == "3"
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"frames_iteration", "frames_origin", "frames_split"} <= indexes
+
+
+def test_a_changed_byte_in_a_label_blob_is_found_on_read(tmp_path):
+    path = tmp_path / "d.db"
+    with FrameStore(path) as store:
+        store.add_many([_tiny(k) for k in range(3)], origin="initial", reference=REFERENCE)
+    with closing(sqlite3.connect(path)) as conn, conn:
+        blob = bytearray(conn.execute("SELECT forces FROM frames WHERE id = 2").fetchone()[0])
+        blob[8:16] = bytes(8)  # eight bytes of one force component overwritten
+        conn.execute("UPDATE frames SET forces = ? WHERE id = 2", (bytes(blob),))
+    with FrameStore(path) as store:
+        assert store.get(1).info["frame_id"] == 1  # the others still read
+        with pytest.raises(DatasetError, match="frame 2 is corrupt"):
+            store.frames()
+
+
+def test_a_schema_2_store_gets_checksums_for_its_rows(tmp_path):
+    path = tmp_path / "d.db"
+    with FrameStore(path) as store:
+        store.add_many([_tiny(k) for k in range(4)], origin="initial", reference=REFERENCE)
+        before = [f.get_forces().tolist() for f in store.frames()]
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE frames DROP COLUMN checksum")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with FrameStore(path) as store:
+        assert [f.get_forces().tolist() for f in store.frames()] == before
+    with closing(sqlite3.connect(path)) as conn, conn:
+        assert conn.execute("SELECT COUNT(*) FROM frames WHERE checksum IS NULL").fetchone() == (0,)
+        conn.execute("UPDATE frames SET energy_eV = energy_eV + 1e-9 WHERE id = 3")
+    with FrameStore(path) as store, pytest.raises(DatasetError, match="frame 3 is corrupt"):
+        store.get(3)

@@ -10,6 +10,7 @@ committed frame. Numeric arrays are little-endian float64 blobs and energies SQL
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from nnprefine.dataset import _frame
 from nnprefine.errors import DatasetError
 
 _FORMAT = "nnprefine-frames"
-_SCHEMA_VERSION = 2  # 2: the split 'validation' (frames of origin 'validation')
+_SCHEMA_VERSION = 3  # 2: the split 'validation'; 3: a checksum of every labelled row
 #: frames of this origin form the validation split: never trained on, never tested on
 VALIDATION_ORIGIN = "validation"
 _SPLITS = ("train", "test", "validation")
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS frames (
     energy_eV REAL NOT NULL,
     forces BLOB NOT NULL CHECK (length(forces) = 24 * n_atoms),
     stress BLOB CHECK (stress IS NULL OR length(stress) = 48),
-    {_PROVENANCE_COLUMNS}
+    {_PROVENANCE_COLUMNS},
+    checksum TEXT
 );
 CREATE INDEX IF NOT EXISTS frames_iteration ON frames (iteration);
 CREATE INDEX IF NOT EXISTS frames_origin ON frames (origin);
@@ -92,6 +94,25 @@ _PROVENANCE_KEYS = (
     "time_fs",
     "created",
 )
+
+
+#: the columns a labelled row's checksum covers (structure, labels, split)
+_CHECKSUMMED = (
+    "hash", "split", "n_atoms", "numbers", "positions", "cell", "pbc", "energy_eV", "forces",
+    "stress",
+)  # fmt: skip
+
+
+def _checksum(row: Mapping[str, Any]) -> str:
+    """sha256 (hex, 16 characters) of a row's structure and labels, as stored."""
+    h = hashlib.sha256()
+    for key in _CHECKSUMMED:
+        value = row[key]
+        if isinstance(value, float):
+            value = value.hex()
+        h.update(key.encode())
+        h.update(value if isinstance(value, bytes) else repr(value).encode())
+    return h.hexdigest()[:16]
 
 
 def _now() -> str:
@@ -212,8 +233,10 @@ class FrameStore:
                 f"{self.path} has frame-store schema {meta['schema_version']}, newer than this "
                 f"nnprefine ({__version__}, schema {_SCHEMA_VERSION}); upgrade nnprefine"
             )
-        if int(meta["schema_version"]) < _SCHEMA_VERSION:
+        if int(meta["schema_version"]) < 2:
             self._migrate_to_2()
+        if int(meta["schema_version"]) < 3:
+            self._migrate_to_3()
         stored = float(meta["test_fraction"])
         if test_fraction is not None and float(test_fraction) != stored:
             raise DatasetError(
@@ -238,6 +261,20 @@ class FrameStore:
                 if "CREATE INDEX" in statement and "frames_" in statement:
                     conn.execute(statement)
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    def _migrate_to_3(self) -> None:
+        """Schema 2 → 3: a checksum column, filled for the rows already there (corruption
+        from before the migration cannot be told; from now on it is found on read)."""
+        with self._transaction() as conn:
+            if int(dict(conn.execute("SELECT key, value FROM meta"))["schema_version"]) >= 3:
+                return
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(frames)")}
+            if "checksum" not in columns:
+                conn.execute("ALTER TABLE frames ADD COLUMN checksum TEXT")
+            cursor = conn.execute(f"SELECT id, {', '.join(_CHECKSUMMED)} FROM frames")
+            sums = [(_checksum(dict(zip(_CHECKSUMMED, r[1:], strict=True))), r[0]) for r in cursor]
+            conn.executemany("UPDATE frames SET checksum = ? WHERE id = ?", sums)
+            conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -369,6 +406,7 @@ class FrameStore:
             row["energy_eV"] = labels.energy_eV
             row["forces"] = labels.forces.astype("<f8").tobytes()
             row["stress"] = None if labels.stress is None else labels.stress.astype("<f8").tobytes()
+            row["checksum"] = _checksum(row)
         return row
 
     def add(
@@ -683,6 +721,12 @@ class FrameStore:
         row = dict(zip([d[0] for d in description], values, strict=True))
         n = row["n_atoms"]
         where = f"{self.path}: {'frame' if labelled else 'quarantined frame'} {row['id']}"
+        if labelled and row.get("checksum") is not None and _checksum(row) != row["checksum"]:
+            raise DatasetError(
+                f"{where} is corrupt: its structure or labels no longer match the checksum "
+                "stored with them; restore the file from a backup, or delete that row "
+                f"(DELETE FROM frames WHERE id = {row['id']}) and rerun to label it again"
+            )
         try:
             structure = _frame.Structure(
                 numbers=np.frombuffer(row["numbers"], dtype="<i8").astype(np.int64),
