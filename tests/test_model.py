@@ -125,6 +125,22 @@ def test_load_errors_say_what_is_wrong(tmp_path):
         NNPotential.load(tmp_path / "bad")
 
 
+def test_weights_that_do_not_reproduce_the_saved_check_are_refused(sfset, tmp_path):
+    pot = _scaled_potential(sfset, seed=2)
+    pot.save(tmp_path / "model")
+    weights = tmp_path / "model" / "weights.npz"
+    with np.load(weights) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(weights, **{k: v * 1e6 for k, v in arrays.items()})  # loads, but is not the model
+    with pytest.raises(ModelError, match="does not reproduce its own check"):
+        NNPotential.load(tmp_path / "model")
+    weights.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ModelError, match="not a readable weights file"):
+        NNPotential.load(tmp_path / "model")
+    np.savez(weights, **arrays)  # the saved weights load again
+    assert NNPotential.load(tmp_path / "model").fingerprint() == pot.fingerprint()
+
+
 def test_committee_members_differ_and_metrics(sfset, tmp_path):
     com = Committee.create(sfset, n_members=3, hidden=(6, 5), seed=10)
     for m in com.members:

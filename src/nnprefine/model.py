@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -593,12 +594,19 @@ class NNPotential:
         """Write ``model.json`` + ``weights.npz`` into ``directory`` (replaced atomically)."""
         directory = Path(directory)
 
+        meta = {**self.to_dict(), "self_check": {"energy_eV": self._self_check_energy()}}
+
         def write(tmp: Path) -> None:
-            (tmp / "model.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+            (tmp / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
             np.savez(tmp / "weights.npz", **self.weight_arrays())
 
         _atomic_dir_write(directory, write)
         return directory
+
+    def _self_check_energy(self) -> float:
+        """Energy (eV) of a fixed small cluster of the model's elements: stored with the
+        model, recomputed at load, so weights that are not the saved ones are refused."""
+        return float(self.evaluate(_check_cluster(self.elements), forces=False)["energy"])
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> NNPotential:
@@ -612,7 +620,32 @@ class NNPotential:
             raise ModelError(
                 f"{directory / 'weights.npz'} is missing; the model is incomplete"
             ) from None
-        return cls.from_dict(meta, weights)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ModelError(
+                f"{directory / 'weights.npz'} is not a readable weights file ({exc}); the "
+                "model is damaged: retrain it, or restore the folder from a backup"
+            ) from None
+        pot = cls.from_dict(meta, weights)
+        check = meta.get("self_check")
+        if check is not None:
+            e_saved = float(check["energy_eV"])
+            e_now = pot._self_check_energy()
+            if not abs(e_now - e_saved) <= 1e-6 + 1e-9 * abs(e_saved):
+                raise ModelError(
+                    f"{directory} does not reproduce its own check: the saved weights gave "
+                    f"{e_saved:.9g} eV on the check cluster, these give {e_now:.9g} eV; "
+                    "weights.npz was changed or belongs to another model — retrain it, or "
+                    "restore the folder from a backup"
+                )
+        return pot
+
+
+def _check_cluster(elements: Sequence[str]) -> Atoms:
+    """A fixed non-periodic cluster of two atoms per element, 2.0–2.6 Å apart (within
+    every cutoff), the same on every machine: the structure of a model's self-check."""
+    symbols = [el for el in elements for _ in range(2)]
+    positions = [(2.3 * k, 0.3 * (k % 2), 0.2 * (k % 3)) for k in range(len(symbols))]
+    return Atoms(symbols=symbols, positions=positions)
 
 
 def _check_finite(out: Mapping[str, Any], atoms: Atoms) -> None:
