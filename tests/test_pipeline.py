@@ -330,3 +330,41 @@ def test_a_second_run_on_a_project_in_use_fails_at_once_naming_the_holder(
         other.kill()
         other.wait()
     assert main(["report", str(config)]) == 0  # the holder is gone: its stale lock is taken
+
+
+def _copy_of(finished: Path, tmp_path: Path) -> Path:
+    shutil.copytree(finished / "out", tmp_path / "out")
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        (finished / "tiny.toml").read_text().replace(str(finished / "out"), str(tmp_path / "out"))
+    )
+    return config
+
+
+def test_a_lost_or_replaced_data_db_is_an_error_not_a_silent_rebuild(finished, tmp_path, capsys):
+    config = _copy_of(finished, tmp_path)
+    out = tmp_path / "out"
+    for path in out.glob("data.db*"):
+        path.unlink()
+    assert main(["status", str(config)]) == 1
+    assert "missing or empty" in capsys.readouterr().err
+    (out / "data.db").write_bytes(b"")  # a zero-byte file is no database either
+    assert main(["run", str(config)]) == 1
+    assert "the labels are lost" in capsys.readouterr().err
+    # another project's database with frames of its own
+    (out / "data.db").unlink()
+    from nnprefine.dataset import FrameStore
+
+    with (
+        FrameStore(out / "data.db", elements=("Be",)) as store,
+        closing(sqlite3.connect(finished / "out" / "data.db")) as con,
+    ):
+        n = con.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+        first = next(iter(FrameStore(finished / "out" / "data.db").frames()))
+        for k in range(n):
+            frame = first.copy()
+            frame.positions[0, 0] += 0.01 * (k + 1)
+            frame.calc = first.calc.__class__(frame, energy=-1.0, forces=first.get_forces())
+            store.add(frame, origin="initial", reference=first.info["reference"])
+    assert main(["report", str(config)]) == 1
+    assert "is not the database stage" in capsys.readouterr().err

@@ -31,6 +31,7 @@ STAGES: dict[str, tuple[Callable[[Project], Any], ...]] = {
 
 def run_stage(project: Project, name: str) -> Any:
     """The stage functions of command ``name`` in order; returns the last one's result."""
+    project.verify_records()
     out: Any = None
     for stage in STAGES[name]:
         out = stage(project)
@@ -54,6 +55,7 @@ def run(project: Project) -> dict[str, Any]:
 
 def status(project: Project) -> dict[str, Any]:
     """What is done and what remains, per stage."""
+    project.verify_records()
     cfg = project.config
     out: dict[str, Any] = {}
     out["lattice"] = "done" if project.stage_record("lattice") else "to do"

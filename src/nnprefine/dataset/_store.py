@@ -659,6 +659,20 @@ class FrameStore:
             return {row[0]: row[1] for row in rows}
         return {tuple(row[:-1]): row[-1] for row in rows}
 
+    def fingerprint(self, max_id: int | None = None) -> dict[str, Any]:
+        """``{"frames", "max_id", "sha256"}`` of the labelled frames with id ≤ ``max_id``
+        (all when None): their count, the largest id and a sha256 (hex, 16 characters) of
+        their content hashes in id order. Frames added later do not change it."""
+        sql, args = "SELECT id, hash FROM frames", ()
+        if max_id is not None:
+            sql, args = sql + " WHERE id <= ?", (int(max_id),)
+        h = hashlib.sha256()
+        n, top = 0, 0
+        for frame_id, content in self._db.execute(sql + " ORDER BY id", args):
+            h.update(content.encode())
+            n, top = n + 1, frame_id
+        return {"frames": n, "max_id": top, "sha256": h.hexdigest()[:16]}
+
     def counts_per_iteration(self) -> dict[int, dict[str, int]]:
         """``{k: {"train": n, "test": m, "total": n + m, "quarantined": q}}`` for every k."""
         out: dict[int, dict[str, int]] = {}

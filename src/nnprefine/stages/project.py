@@ -128,10 +128,46 @@ class Project:
         return json.loads(path.read_text()) if path.exists() else None
 
     def record_stage(self, name: str, result: dict[str, Any]) -> None:
+        """Write stage ``name``'s record, with the fingerprint of ``data.db`` as it stands
+        (see :meth:`verify_records`)."""
+        extra: dict[str, Any] = {}
+        if self.data_db.exists():
+            with self.store() as store:
+                extra["data_db"] = store.fingerprint()
         write_json(
             self.dir / "stages" / f"{name}.json",
-            {"stage": name, "nnprefine_version": __version__, **result},
+            {"stage": name, "nnprefine_version": __version__, **result, **extra},
         )
+
+    def verify_records(self) -> None:
+        """Check that ``data.db`` still holds every frame the stage records were written
+        with (the same frames, by content, up to the id each record saw); an error that
+        says what was lost and how to rebuild it otherwise. Frames added since are fine."""
+        folder = self.dir / "stages"
+        records = sorted(folder.glob("*.json")) if folder.exists() else []
+        for path in records:
+            rec = json.loads(path.read_text())
+            seen = rec.get("data_db")
+            if not seen or not seen["frames"]:
+                continue
+            stage = rec.get("stage", path.stem)
+            fix = (
+                f"restore {self.data_db.name} from a backup, or delete {folder} and "
+                f"{self.dir / 'tasks'} and rerun to label everything again"
+            )
+            if not self.data_db.exists() or self.data_db.stat().st_size == 0:
+                raise NnprefineError(
+                    f"{self.data_db} is missing or empty, but stage '{stage}' was recorded "
+                    f"with {seen['frames']} labelled frames in it: the labels are lost; {fix}"
+                )
+            with self.store() as store:
+                now = store.fingerprint(seen["max_id"])
+            if now != seen:
+                raise NnprefineError(
+                    f"{self.data_db} is not the database stage '{stage}' was recorded with "
+                    f"({now['frames']} of its {seen['frames']} frames match by content): it "
+                    f"was replaced or rows were deleted; {fix}"
+                )
 
     # -- task logs -----------------------------------------------------------------------
     def _task_log(self, stage: str) -> Path:
