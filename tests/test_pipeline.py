@@ -368,3 +368,20 @@ def test_a_lost_or_replaced_data_db_is_an_error_not_a_silent_rebuild(finished, t
             store.add(frame, origin="initial", reference=first.info["reference"])
     assert main(["report", str(config)]) == 1
     assert "is not the database stage" in capsys.readouterr().err
+
+
+def test_the_report_refuses_yields_of_other_settings_and_drops_energies_no_longer_asked(
+    finished, tmp_path, capsys
+):
+    config = _copy_of(finished, tmp_path)
+    text = config.read_text()
+    config.write_text(text.replace("energies_eV = [100.0, 300.0]", "energies_eV = [100.0]"))
+    assert main(["report", str(config)]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {(y["driver"], y["energy_eV"]) for y in summary["yields"]} == {
+        ("model", 100.0),
+        ("reference", 300.0),
+    }
+    config.write_text(text.replace("timestep_fs = 0.5", "timestep_fs = 0.25"))
+    assert main(["report", str(config)]) == 2
+    assert "run with other settings (timestep_fs differ" in capsys.readouterr().err

@@ -162,6 +162,13 @@ class ResultsDB:
                 "or restore the original settings"
             )
 
+    def campaign_meta(self, surface: str) -> dict[str, Any] | None:
+        """The settings ``surface`` was run with (see :meth:`check_campaign`), or None."""
+        row = self._con.execute(
+            "SELECT meta_json FROM campaigns WHERE surface = ?", (surface,)
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
     def done(self, surface: str, energy_eV: float) -> set[int]:
         """Indices of the stored trajectories of (surface, energy)."""
         rows = self._con.execute(

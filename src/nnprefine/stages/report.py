@@ -4,6 +4,7 @@ recorded (stage records, iteration summaries, ``data.db``, ``results.db``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from nnprefine import __version__
+from nnprefine.errors import ConfigError
 from nnprefine.stages.production import campaigns
 from nnprefine.stages.project import Project
 
@@ -21,6 +23,30 @@ def _unique_campaigns(project: Project) -> list[dict[str, Any]]:
     """The campaigns, each label once (sections that share a label pool their trajectories)."""
     seen: set[str] = set()
     return [c for c in campaigns(project) if not (c["label"] in seen or seen.add(c["label"]))]
+
+
+def _estimates(project: Project, db: Any, c: dict[str, Any]) -> list[Any]:
+    """The yields of campaign ``c`` at the energies the config asks for, after checking
+    that ``results.db`` ran it with the config's seed and impact settings: a report never
+    publishes trajectories of other settings."""
+    meta = db.campaign_meta(c["label"])
+    if meta is not None:
+        settings = json.loads(
+            json.dumps(dataclasses.asdict(c["production"].impact), sort_keys=True, default=str)
+        )
+        stored = {k: v for k, v in meta["settings"].items() if k != "r_cut_A"}
+        changed = sorted(k for k in (set(stored) | set(settings)) - {"r_cut_A"}
+                         if stored.get(k) != settings.get(k))  # fmt: skip
+        if meta["campaign_seed"] != project.seed("production", c["label"]):
+            changed.append("campaign seed (project seed or label)")
+        if changed:
+            raise ConfigError(
+                f"{project.results_db} holds {c['label']!r} run with other settings "
+                f"({', '.join(changed)} differ from the config): the report will not publish "
+                "them. Restore the settings, or give the project a new output_dir"
+            )
+    wanted = {float(e) for e in c["energies_eV"]}
+    return [e for e in db.yields(c["label"]) if e.n > 0 and e.energy_eV in wanted]
 
 
 def _sputtered_atoms(atoms: list[dict[str, float]]) -> dict[str, Any]:
@@ -48,7 +74,7 @@ def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, 
     with ResultsDB(project.results_db) as db:
         for c in _unique_campaigns(project):
             surface = c["production"].slab.label
-            ests = [e for e in db.yields(c["label"]) if e.n > 0]
+            ests = _estimates(project, db, c)
             for e in ests:
                 traj = db.rows(c["label"], e.energy_eV)
                 atoms_out = [a for r in traj for a in json.loads(r["sputtered_json"] or "[]")]
@@ -108,7 +134,7 @@ def _yield_plot(project: Project, path: Path) -> Any:
         for c in _unique_campaigns(project):
             if c["driver"] != "model":
                 continue
-            ests = [e for e in db.yields(c["label"]) if e.n > 0]
+            ests = _estimates(project, db, c)
             if not ests:
                 continue
             try:
