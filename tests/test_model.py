@@ -292,3 +292,34 @@ def test_model_with_baseline_adds_zbl(sfset):
     assert e_b > 1.0
     assert e == pytest.approx(e_p + e_b, abs=1e-10)
     np.testing.assert_allclose(f, f_p + f_b, atol=1e-10)
+
+
+def test_a_save_killed_between_its_two_renames_leaves_the_old_model_readable(sfset, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    old, new = _scaled_potential(sfset, seed=1), _scaled_potential(sfset, seed=2)
+    old.save(tmp_path / "model")
+    new.save(tmp_path / "incoming")
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from nnprefine.model import NNPotential
+        pot = NNPotential.load({str(tmp_path / "incoming")!r})
+        real, calls = os.replace, []
+        def replace(src, dst):
+            calls.append(dst)
+            if len(calls) == 2:  # the old model is aside, the new one not yet in place
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(src, dst)
+        os.replace = replace
+        pot.save({str(tmp_path / "model")!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert not (tmp_path / "model").exists()  # the kill hit between the renames
+    assert NNPotential.load(tmp_path / "model").fingerprint() == old.fingerprint()
+    new.save(tmp_path / "model")
+    assert NNPotential.load(tmp_path / "model").fingerprint() == new.fingerprint()

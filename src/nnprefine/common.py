@@ -70,3 +70,13 @@ def save_npz(path: Path, **arrays: Any) -> None:
 
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)
+
+
+def recover_directory_swap(directory: Path) -> None:
+    """Finish a directory swap that a killed process left half done: ``directory`` moved
+    aside to ``.<name>.old`` and its replacement not yet renamed into place. The old,
+    complete directory is put back (the new one was never visible, so nothing is lost
+    that was ever read)."""
+    old = directory.with_name(f".{directory.name}.old")
+    if not directory.exists() and old.is_dir():
+        os.replace(old, directory)

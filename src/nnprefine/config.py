@@ -997,6 +997,12 @@ def load_config(path: str | Path) -> Config:
             "(hundreds of reference trajectories). Start from a file in examples/, e.g. "
             "examples/be0001-quick.toml"
         )
+    if "reference" not in data:
+        raise ConfigError(
+            f"{path} has no [reference] table; say which method labels the data, e.g. "
+            '[reference] calculator = "builtin-snap" (the built-in W–Be SNAP) or an ASE '
+            'calculator as "module:Class" with its kwargs'
+        )
     return config_from_dict(data, base_dir=path.parent)
 
 

@@ -41,6 +41,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from nnprefine import __version__
+from nnprefine.common import recover_directory_swap
 from nnprefine.descriptors import Descriptor, Neighbours, SymmetryFunctionSet
 from nnprefine.descriptors.scaling import InputScaling
 from nnprefine.errors import ModelError, UnsupportedElementError
@@ -612,6 +613,7 @@ class NNPotential:
     def load(cls, directory: str | os.PathLike[str]) -> NNPotential:
         """Read a directory written by :meth:`save`."""
         directory = Path(directory)
+        recover_directory_swap(directory)
         meta = _read_json(directory / "model.json")
         try:
             with np.load(directory / "weights.npz") as z:
@@ -668,8 +670,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _atomic_dir_write(directory: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory via a temporary sibling, then swap it in place."""
+    """Write a directory via a temporary sibling, then swap it in place (two renames; a
+    kill between them is repaired by :func:`~nnprefine.common.recover_directory_swap` on
+    the next read or write)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory_swap(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         write(tmp)
@@ -861,6 +866,7 @@ class Committee:
     def load(cls, directory: str | os.PathLike[str]) -> Committee:
         """Read a directory written by :meth:`save`."""
         directory = Path(directory)
+        recover_directory_swap(directory)
         meta = _read_json(directory / "committee.json")
         if meta.get("kind") != "nnprefine.Committee":
             raise ModelError(f"{directory / 'committee.json'} does not describe a committee")
@@ -870,6 +876,7 @@ class Committee:
 def load_model(directory: str | os.PathLike[str]) -> NNPotential | Committee:
     """Load a model or a committee directory, whichever it holds."""
     directory = Path(directory)
+    recover_directory_swap(directory)
     if (directory / "committee.json").exists():
         return Committee.load(directory)
     return NNPotential.load(directory)

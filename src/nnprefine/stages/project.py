@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from nnprefine import __version__
-from nnprefine.common import derive_seed, json_default, write_json
+from nnprefine.common import derive_seed, json_default, recover_directory_swap, write_json
 from nnprefine.config import Config, config_to_dict
 from nnprefine.errors import NnprefineError
 
@@ -89,7 +89,10 @@ class Project:
         return self.dir / "slabs" / f"{label}.traj"
 
     def model_dir(self, name: str) -> Path:
-        return self.dir / "models" / name
+        """``models/<name>``, repaired first if a killed save left it moved aside."""
+        directory = self.dir / "models" / name
+        recover_directory_swap(directory)
+        return directory
 
     def iteration_dir(self, k: int) -> Path:
         return self.dir / "refine" / f"iter-{k:03d}"
