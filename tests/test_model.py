@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -137,6 +139,13 @@ def test_weights_that_do_not_reproduce_the_saved_check_are_refused(sfset, tmp_pa
     weights.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ModelError, match="not a readable weights file"):
         NNPotential.load(tmp_path / "model")
+    np.savez(weights, **arrays)
+    meta_path = tmp_path / "model" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "symmetry_functions"}))
+    with pytest.raises(ModelError, match="lacks or garbles 'symmetry_functions'"):
+        NNPotential.load(tmp_path / "model")
+    meta_path.write_text(json.dumps(meta))
     np.savez(weights, **arrays)  # the saved weights load again
     assert NNPotential.load(tmp_path / "model").fingerprint() == pot.fingerprint()
 

@@ -627,7 +627,13 @@ class NNPotential:
                 f"{directory / 'weights.npz'} is not a readable weights file ({exc}); the "
                 "model is damaged: retrain it, or restore the folder from a backup"
             ) from None
-        pot = cls.from_dict(meta, weights)
+        try:
+            pot = cls.from_dict(meta, weights)
+        except (KeyError, TypeError) as exc:
+            raise ModelError(
+                f"{directory / 'model.json'} lacks or garbles {exc} (e.g. its symmetry "
+                "functions); the model is damaged: retrain it, or restore the folder"
+            ) from None
         check = meta.get("self_check")
         if check is not None:
             e_saved = float(check["energy_eV"])
