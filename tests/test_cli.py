@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from _tiny import write_tiny_config
 
@@ -54,3 +56,43 @@ def test_debug_shows_the_exception_itself(tmp_path):
     config.write_text("")
     with pytest.raises(ConfigError):
         main(["--debug", "status", str(config)])
+
+
+def test_import_stores_labelled_frames_skips_duplicates_and_reports_bad_ones(tmp_path, capsys):
+    import sqlite3
+    from contextlib import closing
+
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from nnprefine.dataset import write_extxyz, write_n2p2_data
+
+    frames = []
+    for k in range(4):
+        a = bulk("Be", "hcp", a=2.24, c=3.6) * (2, 2, 1)
+        a.rattle(0.05, seed=k)
+        a.calc = SinglePointCalculator(
+            a, energy=-3.0 * len(a) + 0.1 * k, forces=a.positions * 0.0 + k
+        )
+        frames.append(a)
+    bad = frames[3].copy()
+    bad.numbers[0] = 74  # an element the project does not hold
+    bad.calc = SinglePointCalculator(bad, energy=-1.0, forces=np.zeros((len(bad), 3)))
+    write_extxyz(tmp_path / "set.extxyz", [*frames[:3], bad])
+    write_n2p2_data(tmp_path / "input.data", frames[2:])  # frame 2 again, and frame 3
+    config = write_tiny_config(tmp_path)
+    assert (
+        main(["import", str(config), str(tmp_path / "set.extxyz"), str(tmp_path / "input.data")])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "4 frames stored" in captured.out and "1 already there, 1 rejected" in captured.out
+    assert "set.extxyz:3:" in captured.err
+    with closing(sqlite3.connect(tmp_path / "out" / "data.db")) as con:
+        rows = con.execute("SELECT origin, selection FROM frames ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == ["import"] * 4
+    assert json.loads(rows[1][1])["index"] == 1 and "set.extxyz" in rows[1][1]
+    # a second import of the same files stores nothing new
+    assert main(["import", str(config), str(tmp_path / "set.extxyz")]) == 0
+    assert "0 frames stored" in capsys.readouterr().out

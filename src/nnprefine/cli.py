@@ -109,6 +109,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from nnprefine.stages.imports import import_frames
+
+    project = _project(args)
+    try:
+        reference = json.loads(args.reference) if args.reference else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--reference is not valid JSON ({exc})") from None
+    with project.lock(f"nnprefine import {args.config}"):
+        report = import_frames(
+            project,
+            args.files,
+            origin=args.origin,
+            fmt=args.format,
+            length_unit_A=args.length_unit_A,
+            energy_unit_eV=args.energy_unit_eV,
+            reference=reference,
+        )
+    for line in report.rejected:
+        print(f"  not stored: {line}", file=sys.stderr)
+    print(
+        f"{report.stored} frames stored in {project.data_db} (origin '{args.origin}'), "
+        f"{report.duplicates} already there, {len(report.rejected)} rejected"
+    )
+    return 1 if report.rejected and not (report.stored or report.duplicates) else 0
+
+
 _STAGE_HELP = {
     "run": "run every stage in order (resumes where a previous run stopped)",
     "init": "relax the lattice and the slabs; label the initial data and the validation set",
@@ -154,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", help="output folder (default: <output_dir>/n2p2/<model>)")
     p.set_defaults(func=_cmd_export)
+    from nnprefine.stages.imports import FORMATS
+
+    p = sub.add_parser(
+        "import",
+        help="store labelled frames you already have (extxyz, n2p2 input.data, ASE db) in "
+        "the project's data.db",
+    )
+    p.add_argument("config")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--origin", default="import", help="origin recorded with the frames")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="default: from the name")
+    p.add_argument(
+        "--energy-unit-eV", type=float, default=1.0, help="eV per energy unit of the files"
+    )
+    p.add_argument("--length-unit-A", type=float, default=1.0, help="Å per length unit")
+    p.add_argument(
+        "--reference",
+        help="JSON spec of the method that labelled them (default: the config's [reference])",
+    )
+    p.set_defaults(func=_cmd_import)
     p = sub.add_parser(
         "check-reference",
         help="relax hcp Be and a Be(0001) slab with the reference and print a, c, E",
