@@ -96,3 +96,10 @@ def test_import_stores_labelled_frames_skips_duplicates_and_reports_bad_ones(tmp
     # a second import of the same files stores nothing new
     assert main(["import", str(config), str(tmp_path / "set.extxyz")]) == 0
     assert "0 frames stored" in capsys.readouterr().out
+
+
+def test_a_binary_file_given_as_input_data_is_named(tmp_path, capsys):
+    config = write_tiny_config(tmp_path)
+    (tmp_path / "input.data").write_bytes(bytes(range(256)) * 4)
+    assert main(["import", str(config), str(tmp_path / "input.data")]) == 1
+    assert "is not a text file" in _one_line(capsys.readouterr().err)

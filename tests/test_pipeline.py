@@ -385,3 +385,8 @@ def test_the_report_refuses_yields_of_other_settings_and_drops_energies_no_longe
     config.write_text(text.replace("timestep_fs = 0.5", "timestep_fs = 0.25"))
     assert main(["report", str(config)]) == 2
     assert "run with other settings (timestep_fs differ" in capsys.readouterr().err
+
+
+def test_export_of_a_member_that_does_not_exist_is_a_user_error(finished, capsys):
+    assert main(["export-n2p2", str(finished / "tiny.toml"), "--member", "5"]) == 2
+    assert "has members 0 … 1" in capsys.readouterr().err

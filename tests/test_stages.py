@@ -286,3 +286,50 @@ def test_production_sections_pool_only_when_their_protocol_is_the_same(tmp_path)
     labels = [c["label"] for c in campaigns(Project(config))]
     assert labels[0] == labels[1]  # the same protocol: more trajectories, one statistics
     assert labels[2] not in labels[:2] and labels[2].endswith("/production2")
+
+
+def test_two_processes_taking_over_a_stale_lock_at_once_cannot_both_win(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that no longer runs
+    (out / "nnprefine.lock").write_text(
+        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "t"})
+    )
+    start = time.time() + 3.0
+    script = textwrap.dedent(
+        f"""
+        import time
+        from nnprefine.config import config_from_dict
+        from nnprefine.stages import project as pm
+        real = pm._read_lock
+        def slow_read(path):  # widen the window between reading the stale lock and acting
+            holder = real(path)
+            time.sleep(0.5)
+            return holder
+        pm._read_lock = slow_read
+        config = config_from_dict({{"project": {{"output_dir": {str(out)!r}}}}})
+        p = pm.Project(config)
+        time.sleep(max(0.0, {start} - time.time()))
+        try:
+            with p.lock("test"):
+                print("won", flush=True)
+                time.sleep(2.0)
+        except Exception as exc:
+            print("refused:", exc, flush=True)
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=60)[0] for p in procs]
+    assert sum(r.startswith("won") for r in results) == 1, results
+    assert sum("is in use by process" in r for r in results) == 1, results

@@ -252,6 +252,10 @@ def read_n2p2_data(
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError:
+        raise DatasetError(
+            f"{path} is not a text file; an n2p2 input.data is text (begin/atom/energy/end lines)"
+        ) from None
     _check_units(length_unit_A, energy_unit_eV)
     force_unit = energy_unit_eV / length_unit_A
     frames: list[Atoms] = []

@@ -22,6 +22,7 @@ between the two re-runs one task, whose labels the store recognises as duplicate
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -223,12 +224,32 @@ class Project:
         # ever sees an empty or half-written lock
         mine = self.dir / f".nnprefine.lock-{os.getpid()}-{secrets.token_hex(4)}"
         mine.write_text(json.dumps(me) + "\n")
+        # the take-over of a stale lock is one critical section (flock on a file that is
+        # never deleted): two processes that both find a stale lock cannot both win
+        guard = open(self.dir / ".nnprefine.lock.guard", "a")  # noqa: SIM115
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            self._take_lock(mine)
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+            guard.close()
+        _HELD.add(self.lock_path)
+        try:
+            yield
+        finally:
+            _HELD.discard(self.lock_path)
+            if (_read_lock(self.lock_path) or {}).get("pid") == me["pid"]:
+                self.lock_path.unlink(missing_ok=True)
+
+    def _take_lock(self, mine: Path) -> None:
+        """Link ``mine`` into place as the lock, taking over a stale one (see :meth:`lock`)."""
         for _ in range(2):
             try:
                 os.link(mine, self.lock_path)
             except FileExistsError:
                 holder = _read_lock(self.lock_path)
                 if holder is not None and not _lock_is_stale(holder):
+                    mine.unlink(missing_ok=True)
                     raise NnprefineError(
                         f"{self.dir} is in use by process {holder.get('pid')} on "
                         f"{holder.get('host')} since {holder.get('started')} "
@@ -242,13 +263,6 @@ class Project:
             mine.unlink(missing_ok=True)
             raise NnprefineError(f"could not take the lock {self.lock_path}; retry")
         mine.unlink(missing_ok=True)
-        _HELD.add(self.lock_path)
-        try:
-            yield
-        finally:
-            _HELD.discard(self.lock_path)
-            if (_read_lock(self.lock_path) or {}).get("pid") == me["pid"]:
-                self.lock_path.unlink(missing_ok=True)
 
     # -- resources -----------------------------------------------------------------------
     @contextmanager
