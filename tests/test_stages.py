@@ -333,3 +333,40 @@ def test_two_processes_taking_over_a_stale_lock_at_once_cannot_both_win(tmp_path
     results = [p.communicate(timeout=60)[0] for p in procs]
     assert sum(r.startswith("won") for r in results) == 1, results
     assert sum("is in use by process" in r for r in results) == 1, results
+
+
+def test_imported_frames_can_be_the_whole_initial_data_set(tmp_path):
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from nnprefine.dataset import write_extxyz
+    from nnprefine.errors import ConfigError
+    from nnprefine.stages import initial_data
+
+    frames = []
+    for k in range(3):
+        a = bulk("Be", "hcp", a=2.24, c=3.6) * (2, 2, 1)
+        a.rattle(0.05, seed=k)
+        a.calc = SinglePointCalculator(a, energy=-3.7 * len(a), forces=np.zeros((len(a), 3)))
+        frames.append(a)
+    write_extxyz(tmp_path / "mine.extxyz", frames)
+    base = {
+        "project": {"output_dir": str(tmp_path / "out"), "seed": 4},
+        "descriptor": {"preset": "generated", "r_cut_A": 4.0},
+        "structures": {"equilibration_fs": 10.0, "relax_fmax_eV_per_A": 5e-2},
+        "initial_data": {
+            "slab": {"size": [3, 3, 3], "vacuum_A": 5.0},
+            "runs_per_energy": 0,
+            "thermal_frames": 0,
+            "import_files": ["mine.extxyz"],
+        },
+    }
+    with pytest.raises(ConfigError, match="not found"):
+        config_from_dict(base)  # relative to the config's folder, which here is the cwd
+    config = config_from_dict(base, base_dir=tmp_path)
+    rec = initial_data(Project(config))
+    assert rec == {**rec, "frames": 3, "imported": 3, "trajectories": 0}
+    empty = dict(base, project={"output_dir": str(tmp_path / "out2")})
+    empty["initial_data"] = {k: v for k, v in base["initial_data"].items() if k != "import_files"}
+    with pytest.raises(ConfigError, match="initial data set is empty"):
+        initial_data(Project(config_from_dict(empty)))

@@ -395,6 +395,11 @@ class InitialDataConfig:
     bulk_duration_fs: float = 100.0
     production_slab_snapshots: int = 0
     production_slab_duration_fs: float = 100.0
+    #: labelled frames a user already has (extxyz, n2p2 input.data, ASE db; paths relative
+    #: to the config file), stored with origin "import" before any reference MD; with
+    #: them, runs_per_energy = 0 and thermal_frames = 0 skip the reference-driven data.
+    #: They must be labels of the config's [reference] method, in eV and Å.
+    import_files: tuple[str, ...] = ()
     #: a stage of reference trajectories (initial data, validation set) refuses to go on
     #: when more than this fraction of them failed (a reference that returns NaN, raises)
     max_failed_fraction: float = 0.2
@@ -748,6 +753,13 @@ class Config:
         out = Path(self.project.output_dir)
         return out if out.is_absolute() else (Path(self.base_dir) / out).resolve()
 
+    def import_paths(self) -> list[Path]:
+        """``initial_data.import_files``, resolved against the config file's folder."""
+        return [
+            p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+            for p in map(Path, self.initial_data.import_files)
+        ]
+
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -977,6 +989,12 @@ def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config
     config = _with_project_values(_build(Config, data, ""))
     config = dataclasses.replace(config, base_dir=str(Path(base_dir).resolve()))
     config.validate()
+    missing = [str(p) for p in config.import_paths() if not p.is_file()]
+    if missing:
+        raise ConfigError(
+            f"initial_data.import_files: {', '.join(missing)} not found (paths are relative "
+            "to the config file's folder)"
+        )
     return config
 
 

@@ -247,12 +247,40 @@ def initial_data(project: Project) -> dict[str, Any]:
     if rec is not None:
         return rec
     lattice(project)
+    imported = _import_user_frames(project)
     tasks = _initial_tasks(project)
     run_reference_trajectories(project, "initial_data", "initial", tasks)
     with project.store() as store:
-        rec = {"frames": store.count(origin="initial"), "trajectories": len(tasks)}
+        rec = {
+            "frames": store.count(origin="initial") + imported,
+            "imported": imported,
+            "trajectories": len(tasks),
+        }
+    if rec["frames"] == 0:
+        raise ConfigError(
+            "the initial data set is empty: give initial_data.runs_per_energy, "
+            "thermal_frames or import_files"
+        )
     project.record_stage("initial_data", rec)
     return rec
+
+
+def _import_user_frames(project: Project) -> int:
+    """Store ``initial_data.import_files`` (origin "import"); returns the frames of
+    that origin now in ``data.db``. Idempotent: frames already stored are skipped."""
+    from nnprefine.stages.imports import import_frames
+
+    paths = project.config.import_paths()
+    if paths:
+        report = import_frames(project, paths, origin="import")
+        project.say(
+            f"initial_data: {report.stored} imported frames stored, {report.duplicates} "
+            f"already there, {len(report.rejected)} rejected"
+        )
+        for line in report.rejected[:20]:
+            project.say(f"  not stored: {line}")
+    with project.store() as store:
+        return store.count(origin="import")
 
 
 def init(project: Project) -> dict[str, Any]:
