@@ -385,8 +385,25 @@ def test_the_report_refuses_yields_of_other_settings_and_drops_energies_no_longe
     config.write_text(text.replace("timestep_fs = 0.5", "timestep_fs = 0.25"))
     assert main(["report", str(config)]) == 2
     assert "run with other settings (timestep_fs differ" in capsys.readouterr().err
+    assert main(["status", str(config)]) == 0
+    assert "model run with other settings (timestep_fs)" in capsys.readouterr().out
 
 
 def test_export_of_a_member_that_does_not_exist_is_a_user_error(finished, capsys):
     assert main(["export-n2p2", str(finished / "tiny.toml"), "--member", "5"]) == 2
     assert "has members 0 … 1" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_that_says_the_run_resumes(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from nnprefine import pipeline
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "data.db"))
+
+    monkeypatch.setattr(pipeline, "run", full)
+    config = write_tiny_config(tmp_path)
+    assert main(["run", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "resumes" in err

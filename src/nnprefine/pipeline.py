@@ -14,7 +14,7 @@ from typing import Any
 
 from nnprefine import __version__
 from nnprefine.stages import Project, init, refine, report, sputter, train_final
-from nnprefine.stages.production import campaigns
+from nnprefine.stages.production import campaigns, settings_differ
 from nnprefine.stages.validation import validation_data
 
 __all__ = ["STAGES", "run", "run_stage", "status"]
@@ -89,6 +89,10 @@ def status(project: Project) -> dict[str, Any]:
         with ResultsDB(project.results_db) as db:
             parts = []
             for c in campaigns(project):
+                changed = settings_differ(project, db, c)
+                if changed:
+                    parts.append(f"{c['label']} run with other settings ({', '.join(changed)})")
+                    continue
                 done = sum(
                     min(len(db.done(c["label"], e)), c["trajectories"]) for e in c["energies_eV"]
                 )

@@ -8,6 +8,7 @@ it finishes (:func:`nnprefine.sputter.run_campaign`); re-running skips stored on
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from nnprefine.reference import cached_reference
@@ -51,6 +52,23 @@ def campaigns(project: Project) -> list[dict[str, Any]]:
                     }
                 )
     return out
+
+
+def settings_differ(project: Project, db: Any, c: dict[str, Any]) -> list[str]:
+    """What differs between the settings ``results.db`` ran campaign ``c`` with and the
+    config's (impact settings, campaign seed); empty when it matches or was not run."""
+    meta = db.campaign_meta(c["label"])
+    if meta is None:
+        return []
+    settings = json.loads(
+        json.dumps(dataclasses.asdict(c["production"].impact), sort_keys=True, default=str)
+    )
+    stored = meta["settings"]
+    keys = (set(stored) | set(settings)) - {"r_cut_A"}  # r_cut_A is resolved from the model
+    changed = sorted(k for k in keys if stored.get(k) != settings.get(k))
+    if meta["campaign_seed"] != project.seed("production", c["label"]):
+        changed.append("campaign seed (project seed or label)")
+    return changed
 
 
 def sputter(project: Project) -> dict[str, Any]:

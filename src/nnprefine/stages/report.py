@@ -4,7 +4,6 @@ recorded (stage records, iteration summaries, ``data.db``, ``results.db``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 
 from nnprefine import __version__
 from nnprefine.errors import ConfigError
-from nnprefine.stages.production import campaigns
+from nnprefine.stages.production import campaigns, settings_differ
 from nnprefine.stages.project import Project
 
 __all__ = ["report", "summary"]
@@ -29,22 +28,13 @@ def _estimates(project: Project, db: Any, c: dict[str, Any]) -> list[Any]:
     """The yields of campaign ``c`` at the energies the config asks for, after checking
     that ``results.db`` ran it with the config's seed and impact settings: a report never
     publishes trajectories of other settings."""
-    meta = db.campaign_meta(c["label"])
-    if meta is not None:
-        settings = json.loads(
-            json.dumps(dataclasses.asdict(c["production"].impact), sort_keys=True, default=str)
+    changed = settings_differ(project, db, c)
+    if changed:
+        raise ConfigError(
+            f"{project.results_db} holds {c['label']!r} run with other settings "
+            f"({', '.join(changed)} differ from the config): the report will not publish "
+            "them. Restore the settings, or give the project a new output_dir"
         )
-        stored = {k: v for k, v in meta["settings"].items() if k != "r_cut_A"}
-        changed = sorted(k for k in (set(stored) | set(settings)) - {"r_cut_A"}
-                         if stored.get(k) != settings.get(k))  # fmt: skip
-        if meta["campaign_seed"] != project.seed("production", c["label"]):
-            changed.append("campaign seed (project seed or label)")
-        if changed:
-            raise ConfigError(
-                f"{project.results_db} holds {c['label']!r} run with other settings "
-                f"({', '.join(changed)} differ from the config): the report will not publish "
-                "them. Restore the settings, or give the project a new output_dir"
-            )
     wanted = {float(e) for e in c["energies_eV"]}
     return [e for e in db.yields(c["label"]) if e.n > 0 and e.energy_eV in wanted]
 
