@@ -74,8 +74,15 @@ def test_defaults_follow_the_paper():
 def test_relative_output_dir_resolves_against_config_folder(tmp_path):
     path = tmp_path / "sub" / "c.toml"
     path.parent.mkdir()
-    path.write_text('[project]\noutput_dir = "out"\n[reference]\n')
+    path.write_text('[project]\noutput_dir = "out"\n[reference]\n[refine]\nmax_iterations = 0\n')
     assert load_config(path).output_dir == (tmp_path / "sub" / "out").resolve()
+
+
+def test_refinement_without_thresholds_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[project]\noutput_dir = "out"\n[reference]\n')
+    with pytest.raises(ConfigError, match="no \\[\\[refine.thresholds\\]\\]"):
+        load_config(path)
 
 
 def test_a_config_without_reference_table_is_refused(tmp_path):

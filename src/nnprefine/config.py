@@ -1021,7 +1021,18 @@ def load_config(path: str | Path) -> Config:
             '[reference] calculator = "builtin-snap" (the built-in W–Be SNAP) or an ASE '
             'calculator as "module:Class" with its kwargs'
         )
-    return config_from_dict(data, base_dir=path.parent)
+    config = config_from_dict(data, base_dir=path.parent)
+    refine = data.get("refine", {})
+    if config.refine.max_iterations > 0 and not (
+        isinstance(refine, dict) and refine.get("thresholds")
+    ):
+        raise ConfigError(
+            f"{path} has no [[refine.thresholds]]: refinement needs the disagreement levels "
+            "it selects at, e.g. the paper's two pairs "
+            "[[refine.thresholds]] energy_meV_per_atom = 20.0, force_eV_per_A = 2.0 and "
+            "2.0, 0.8 (see examples/be0001-quick.toml), or set refine.max_iterations = 0"
+        )
+    return config
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
