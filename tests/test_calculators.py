@@ -231,3 +231,22 @@ def test_model_drives_an_adaptive_impact_with_early_stop(sfset):
     assert a.max_disagreement is not None and a.max_disagreement > 0
     with pytest.raises(ConfigError, match="energy_check_interval"):
         ImpactSettings(energy_check_interval=0)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_a_model_that_turns_non_finite_ends_the_trajectory_as_unphysical(sfset):
+    from nnprefine.errors import ModelError
+
+    pot = _potential(sfset)
+    good = pot.weight_arrays()
+
+    def poison(state):  # from step 5 on the model's output is NaN
+        if state.step >= 5:
+            pot.set_weight_arrays({k: np.full_like(v, np.nan) for k, v in good.items()})
+
+    settings = ImpactSettings(duration_fs=4.0, timestep_fs=0.2, early_stop="off")
+    result = run_impact(_slab(), NNPCalculator(pot), 100.0, 1, settings, observers=((poison, 5),))
+    assert result.unphysical and result.stop_reason == "non-finite", result.detail
+    assert "NaN or infinite" in result.detail
+    with pytest.raises(ModelError):  # outside MD it is a model error as before
+        pot.evaluate(_slab())

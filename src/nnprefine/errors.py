@@ -37,3 +37,8 @@ class SimulationError(NnprefineError, RuntimeError):
 
 class NonFiniteResultError(SimulationError):
     """The calculator driving an MD run returned a NaN or infinite energy or force."""
+
+
+class NonFiniteModelOutputError(ModelError, NonFiniteResultError):
+    """A model gave a NaN or infinite energy or force: a model error, and, in MD, a
+    non-finite result that ends the trajectory as unphysical rather than the campaign."""

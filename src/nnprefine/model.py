@@ -44,7 +44,7 @@ from nnprefine import __version__
 from nnprefine.common import recover_directory_swap
 from nnprefine.descriptors import Descriptor, Neighbours, SymmetryFunctionSet
 from nnprefine.descriptors.scaling import InputScaling
-from nnprefine.errors import ModelError, UnsupportedElementError
+from nnprefine.errors import ModelError, NonFiniteModelOutputError, UnsupportedElementError
 
 __all__ = [
     "ACTIVATIONS",
@@ -660,7 +660,7 @@ def _check_finite(out: Mapping[str, Any], atoms: Atoms) -> None:
     if not np.isfinite(out["energy"]) or (
         "forces" in out and not np.all(np.isfinite(out["forces"]))
     ):
-        raise ModelError(
+        raise NonFiniteModelOutputError(
             f"the model gave a non-finite energy or force for {atoms.get_chemical_formula()}; "
             "check for overlapping atoms or inputs far outside the training range"
         )

@@ -24,7 +24,12 @@ from nnprefine.descriptors.functions import (
     WideAngularG9,
 )
 from nnprefine.descriptors.neighbours import Neighbours, build_neighbours
-from nnprefine.errors import ConfigError, ModelError, UnsupportedElementError
+from nnprefine.errors import (
+    ConfigError,
+    ModelError,
+    NonFiniteModelOutputError,
+    UnsupportedElementError,
+)
 
 __all__ = ["Descriptor"]
 
@@ -296,8 +301,8 @@ class Descriptor:
         a = np.ascontiguousarray(arr, dtype=np.float64)
         if a.shape != shape:
             raise ModelError(f"{name} must have shape {shape}, got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ModelError(f"{name} holds NaN or infinite entries")
+        if not np.isfinite(a).all():  # in MD: a non-finite result, the trajectory ends
+            raise NonFiniteModelOutputError(f"{name} holds NaN or infinite entries")
         return a
 
     def values(self, atoms: Atoms, neighbours: Neighbours | None = None) -> np.ndarray:
