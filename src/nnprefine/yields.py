@@ -349,6 +349,8 @@ def plot_yields(
 ) -> Path:
     """Yield vs energy with error bars D, the Eckstein fit and published points; a PNG.
 
+    Where trajectories stayed undecided, an open triangle marks Y + n_undecided/N.
+
     ``more``: further series (label, estimates, fit or None), e.g. other surfaces or slab
     sizes, drawn with their own markers and fits.
     """
@@ -367,6 +369,12 @@ def plot_yields(
         capsize=3,
         label=f"{label} (N = {', '.join(str(x.n) for x in est)})",
     )
+    upper = [(x.energy_eV, x.yield_upper) for x in est if x.n_undecided > 0]
+    if upper:  # Y + n_undecided/N: what the undecided trajectories could still add
+        ax.plot(
+            *zip(*upper, strict=True), "v", mfc="none", color="0.4",
+            label="upper bound with undecided runs",
+        )  # fmt: skip
     if published:
         pe, py, pd = zip(*published, strict=True)
         ax.errorbar(
