@@ -71,22 +71,18 @@ class _NeighbourCache:
 
     def __init__(self, descriptor: Descriptor, skin_A: float) -> None:
         self.descriptor = descriptor
-        self.half_skin_A = 0.5 * skin_A
+        self.skin_A = float(skin_A)
         self._neighbours: Neighbours | None = None
         self.builds = 0
 
     def get(self, atoms: Atoms) -> Neighbours:
-        """The cached list if it still covers ``atoms``, else a new one."""
+        """The cached list if it still covers ``atoms`` (:meth:`Neighbours.valid_for`),
+        else a new one."""
         nbl = self._neighbours
-        if nbl is None or not nbl.matches(atoms) or self._moved_too_far(nbl, atoms.positions):
+        if nbl is None or not nbl.valid_for(atoms, self.skin_A):
             nbl = self._neighbours = self.descriptor.neighbours(atoms)
             self.builds += 1
         return nbl
-
-    def _moved_too_far(self, nbl: Neighbours, positions: np.ndarray) -> bool:
-        d = positions - nbl.positions_A  # the list's own copy of the build positions
-        moved_sq = float(np.einsum("ij,ij->i", d, d).max(initial=0.0))
-        return moved_sq > self.half_skin_A * self.half_skin_A
 
 
 class _ModelCalculator(Calculator):

@@ -9,6 +9,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from nnprefine import __version__
 from nnprefine.errors import ConfigError, NnprefineError, UnsupportedElementError
@@ -16,18 +17,23 @@ from nnprefine.errors import ConfigError, NnprefineError, UnsupportedElementErro
 __all__ = ["main"]
 
 
+def _reference_arg(text: str | None) -> dict[str, Any] | None:
+    """The JSON of a ``--reference`` option, or None when it is not given."""
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--reference is not valid JSON ({exc}); give a spec such as "
+            '\'{"calculator": "builtin-snap"}\''
+        ) from None
+
+
 def _cmd_check_reference(args: argparse.Namespace) -> int:
     """Relax hcp bulk and a Be(0001) slab with the reference and print what it gives."""
     from nnprefine.reference import make_reference
     from nnprefine.structures import be0001_slab, relax_hcp, relax_slab
 
-    try:
-        spec = json.loads(args.reference) if args.reference else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"--reference is not valid JSON ({exc}); give a spec such as "
-            '\'{"kind": "builtin-snap"}\''
-        ) from None
+    spec = _reference_arg(args.reference)
     t0 = time.perf_counter()
     bulk = relax_hcp(make_reference(spec))
     slab = be0001_slab(size=(4, 4, 6), a_A=bulk["a_A"], c_A=bulk["c_A"])
@@ -113,10 +119,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from nnprefine.stages.imports import import_frames
 
     project = _project(args)
-    try:
-        reference = json.loads(args.reference) if args.reference else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--reference is not valid JSON ({exc})") from None
+    reference = _reference_arg(args.reference)
     with project.lock(f"nnprefine import {args.config}"):
         report = import_frames(
             project,

@@ -108,6 +108,11 @@ def slab_fingerprint(slab: Atoms) -> str:
     return h.hexdigest()[:16]
 
 
+def settings_record(settings: ImpactSettings) -> dict[str, Any]:
+    """``settings`` as the plain data a campaign is recorded with in ``results.db``."""
+    return json.loads(json.dumps(asdict(settings), sort_keys=True, default=str))
+
+
 class ResultsDB:
     """The SQLite results database of sputtering campaigns.
 
@@ -352,7 +357,7 @@ def run_campaign(
     driver = driver or type(calc).__name__
     meta = {
         "campaign_seed": int(campaign_seed),
-        "settings": json.loads(json.dumps(asdict(settings), sort_keys=True, default=str)),
+        "settings": settings_record(settings),
         "slab": slab_fingerprint(slab),
         "driver": driver,
         "driver_fingerprint": driver_fingerprint(calc),

@@ -8,7 +8,6 @@ it finishes (:func:`nnprefine.sputter.run_campaign`); re-running skips stored on
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from nnprefine.reference import cached_reference
@@ -60,9 +59,9 @@ def settings_differ(project: Project, db: Any, c: dict[str, Any]) -> list[str]:
     meta = db.campaign_meta(c["label"])
     if meta is None:
         return []
-    settings = json.loads(
-        json.dumps(dataclasses.asdict(c["production"].impact), sort_keys=True, default=str)
-    )
+    from nnprefine.sputter import settings_record
+
+    settings = settings_record(c["production"].impact)
     stored = meta["settings"]
     keys = (set(stored) | set(settings)) - {"r_cut_A"}  # r_cut_A is resolved from the model
     changed = sorted(k for k in keys if stored.get(k) != settings.get(k))

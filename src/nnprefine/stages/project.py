@@ -149,6 +149,7 @@ class Project:
         says what was lost and how to rebuild it otherwise. Frames added since are fine."""
         folder = self.dir / "stages"
         records = sorted(folder.glob("*.json")) if folder.exists() else []
+        now_at: dict[int, dict[str, Any]] = {}  # records written back to back saw the same ids
         for path in records:
             rec = json.loads(path.read_text())
             seen = rec.get("data_db")
@@ -164,8 +165,10 @@ class Project:
                     f"{self.data_db} is missing or empty, but stage '{stage}' was recorded "
                     f"with {seen['frames']} labelled frames in it: the labels are lost; {fix}"
                 )
-            with self.store() as store:
-                now = store.fingerprint(seen["max_id"])
+            if seen["max_id"] not in now_at:
+                with self.store() as store:
+                    now_at[seen["max_id"]] = store.fingerprint(seen["max_id"])
+            now = now_at[seen["max_id"]]
             if now != seen:
                 raise NnprefineError(
                     f"{self.data_db} is not the database stage '{stage}' was recorded with "

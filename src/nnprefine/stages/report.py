@@ -20,8 +20,10 @@ __all__ = ["report", "summary"]
 
 def _unique_campaigns(project: Project) -> list[dict[str, Any]]:
     """The campaigns, each label once (sections that share a label pool their trajectories)."""
-    seen: set[str] = set()
-    return [c for c in campaigns(project) if not (c["label"] in seen or seen.add(c["label"]))]
+    first: dict[str, dict[str, Any]] = {}
+    for c in campaigns(project):
+        first.setdefault(c["label"], c)
+    return list(first.values())
 
 
 def _estimates(project: Project, db: Any, c: dict[str, Any]) -> list[Any]:
