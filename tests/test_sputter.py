@@ -501,3 +501,29 @@ def test_sequential_stopping_stops_once_the_error_bar_is_small_enough(tmp_path, 
         20.0, [{"n_sputtered": 0, "reflected": 0, "undecided": 0, "unphysical": 0}] * 4
     )
     assert est.wilson_half_width <= 0.2 < none_in_4.wilson_half_width
+
+
+def test_a_shared_seed_label_pairs_two_campaigns_seed_by_seed(tmp_path, be_slab, calc):
+    """The model campaign and its reference check run the same impacts: same seeds, same
+    impact points; without a shared seed label the seeds differ."""
+    settings = ImpactSettings(timestep_fs=1.0, duration_fs=2.0, max_extensions=0)
+    db = tmp_path / "paired.sqlite"
+    for surface, label in (("s/model", "s"), ("s/reference", "s"), ("s/alone", None)):
+        run_campaign(
+            db, be_slab, calc, surface=surface, energies_eV=[20.0], n_trajectories=3,
+            campaign_seed=5, settings=settings, seed_label=label, quiet=True,
+        )  # fmt: skip
+    with ResultsDB(db) as rdb:
+        rows = {s: rdb.rows(s, 20.0) for s in ("s/model", "s/reference", "s/alone")}
+        assert rdb.campaign_meta("s/model")["seed_label"] == "s"
+        assert "seed_label" not in rdb.campaign_meta("s/alone")
+    for a, b in zip(rows["s/model"], rows["s/reference"], strict=True):
+        assert a["seed"] == b["seed"] == trajectory_seed(5, "s", 20.0, a["idx"])
+        assert (a["x_A"], a["y_A"]) == (b["x_A"], b["y_A"])
+    assert not {r["seed"] for r in rows["s/alone"]} & {r["seed"] for r in rows["s/model"]}
+    # resuming under another seed label is refused rather than mixing seeds
+    with pytest.raises(ConfigError, match="seed_label"):
+        run_campaign(
+            db, be_slab, calc, surface="s/model", energies_eV=[20.0], n_trajectories=4,
+            campaign_seed=5, settings=settings, seed_label="t", quiet=True,
+        )  # fmt: skip

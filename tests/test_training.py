@@ -194,14 +194,15 @@ def test_warm_start_keeps_scaling_offsets_and_the_fit(sfset, frames):
 
 
 def test_a_diverging_kalman_filter_says_why(sfset, frames):
-    # P0 = I / epsilon: a vanishing epsilon makes the first updates overshoot to NaN.
+    # P0 = I / epsilon: with epsilon = 1e-300 the first update overflows to inf, then NaN
+    # (1e-30 only overshot, and whether that reached NaN depended on rounding).
     train_set, test_set = split_frames(frames)
     pot = NNPotential(sfset, hidden=(6,), seed=3)
     settings = _quick(
         optimizer="kalman",
         kalman_type="fading",
         epochs=4,
-        kalman_epsilon=1e-30,
+        kalman_epsilon=1e-300,
         kalman_force_fraction=0.05,
     )
     with pytest.raises(ModelError, match="diverged in epoch .* kalman_epsilon near"):

@@ -137,6 +137,14 @@ class NNPCalculator(_ModelCalculator):
     def __init__(self, potential: NNPotential, **kwargs: Any) -> None:
         super().__init__(potential.descriptor, potential.skin_A, potential.r_cut_A, **kwargs)
         self.potential = potential
+        self._last: tuple[Atoms, np.ndarray, Neighbours] | None = None
+
+    def last_evaluation(self) -> tuple[Atoms, np.ndarray, Neighbours]:
+        """The atoms of the last calculation, their unscaled symmetry functions (n_atoms,
+        max_functions) and the neighbour list: what a committee watch reuses."""
+        if self._last is None:
+            raise ModelError("nothing evaluated yet: last_evaluation() needs a calculation first")
+        return self._last
 
     def calculate(
         self,
@@ -146,7 +154,9 @@ class NNPCalculator(_ModelCalculator):
     ) -> None:
         atoms = self._take(atoms)
         forces = self._wants_forces(properties)
-        out = self.potential.evaluate(atoms, self._cache.get(atoms), forces=forces)
+        nbl = self._cache.get(atoms)
+        out = self.potential.evaluate(atoms, nbl, forces=forces)
+        self._last = (atoms, out["values"], nbl)
         self.results = {
             "energy": out["energy"],
             "free_energy": out["energy"],

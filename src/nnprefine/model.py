@@ -468,7 +468,9 @@ class NNPotential:
     def evaluate(
         self, atoms: Atoms, neighbours: Neighbours | None = None, *, forces: bool = True
     ) -> dict[str, Any]:
-        """Energy (eV), atomic energies (n_atoms,) eV, forces (n_atoms, 3) eV/Å.
+        """Energy (eV), atomic energies (n_atoms,) eV, forces (n_atoms, 3) eV/Å, and the
+        unscaled symmetry-function values they came from (``values``, (n_atoms,
+        max_functions)).
 
         ``neighbours`` from ``self.descriptor.neighbours(atoms)`` may be passed to reuse a
         neighbour list; otherwise one is built.
@@ -478,7 +480,7 @@ class NNPotential:
             neighbours = self.descriptor.neighbours(atoms)
         values = self.descriptor.values(atoms, neighbours=neighbours)
         energies, dedg = self.atomic_energies_from_values(symbols, values)
-        out: dict[str, Any] = {"energies": energies}
+        out: dict[str, Any] = {"energies": energies, "values": values}
         if forces:
             out["forces"], out["virial"] = self.descriptor.forces(
                 atoms, dedg, neighbours=neighbours

@@ -19,6 +19,7 @@ Energies and trajectory counts may change between runs (that is how a campaign g
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sqlite3
 import sys
@@ -72,7 +73,13 @@ _COLUMNS = {
     "force_s": "REAL",
     "energy_drift_eV": "REAL",
     "max_disagreement": "REAL",
+    "max_energy_disagreement": "REAL",
+    "watched": "INTEGER",
+    "n_watched": "INTEGER",
+    "n_over_threshold": "INTEGER",
+    "flagged": "INTEGER",
     "driver": "TEXT",
+    "driver_fingerprint": "TEXT",
     "code_version": "TEXT",
     "settings_json": "TEXT",
     "created_unix": "REAL",
@@ -138,6 +145,19 @@ class ResultsDB:
             self._con.execute(
                 "CREATE TABLE IF NOT EXISTS campaigns (surface TEXT PRIMARY KEY, meta_json TEXT)"
             )
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS flagged_frames (surface TEXT NOT NULL, "
+                "energy_eV REAL NOT NULL, idx INTEGER NOT NULL, time_fs REAL NOT NULL, "
+                "energy_disagreement REAL, force_disagreement REAL, extxyz TEXT NOT NULL, "
+                "PRIMARY KEY (surface, energy_eV, idx, time_fs))"
+            )
+            # databases written before a column existed get it (empty for their rows)
+            have = {r[1] for r in self._con.execute("PRAGMA table_info(trajectories)")}
+            for k, v in _COLUMNS.items():
+                if k not in have:
+                    self._con.execute(
+                        f"ALTER TABLE trajectories ADD COLUMN {k} {v.replace(' NOT NULL', '')}"
+                    )
 
     def close(self) -> None:
         self._con.close()
@@ -182,8 +202,9 @@ class ResultsDB:
         )
         return {int(r[0]) for r in rows}
 
-    def insert(self, row: dict[str, Any]) -> bool:
-        """Store one trajectory row and commit; False if it was already there."""
+    def insert(self, row: dict[str, Any], frames: Sequence[Atoms] = ()) -> bool:
+        """Store one trajectory row and the watch's flagged ``frames`` (``Atoms`` with
+        ``info`` time_fs and disagreements) in one transaction; False if it was there."""
         keys = [k for k in _COLUMNS if k in row]
         with self._con:
             cur = self._con.execute(
@@ -191,7 +212,39 @@ class ResultsDB:
                 f"VALUES ({', '.join('?' for _ in keys)})",
                 [row[k] for k in keys],
             )
+            if cur.rowcount == 1:
+                for a in frames:
+                    self._con.execute(
+                        "INSERT OR REPLACE INTO flagged_frames VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            row["surface"], float(row["energy_eV"]), int(row["idx"]),
+                            float(a.info["time_fs"]),
+                            float(a.info["energy_disagreement_eV_per_atom"]),
+                            float(a.info["force_disagreement_eV_per_A"]),
+                            _extxyz(a),
+                        ),
+                    )  # fmt: skip
         return cur.rowcount == 1
+
+    def flagged_frames(self, surface: str) -> list[Atoms]:
+        """The frames the committee watch kept from ``surface``'s flagged trajectories, with
+        ``info`` keys energy_eV, idx, time_fs and the calibrated disagreements."""
+        from ase.io import read
+
+        out = []
+        rows = self._con.execute(
+            "SELECT energy_eV, idx, time_fs, energy_disagreement, force_disagreement, extxyz "
+            "FROM flagged_frames WHERE surface = ? ORDER BY energy_eV, idx, time_fs",
+            (surface,),
+        )
+        for e, idx, t, de, df, text in rows:
+            a = read(io.StringIO(text), format="extxyz")
+            a.info.update(
+                energy_eV=e, idx=idx, time_fs=t,
+                energy_disagreement_eV_per_atom=de, force_disagreement_eV_per_A=df,
+            )  # fmt: skip
+            out.append(a)
+        return out
 
     def insert_failure(
         self, surface: str, energy_eV: float, idx: int, seed: int, error: str
@@ -229,6 +282,16 @@ class ResultsDB:
         return [estimate_yield(e, self.rows(surface, e)) for e in self.energies(surface)]
 
 
+def _extxyz(atoms: Atoms) -> str:
+    from ase.io import write
+
+    buf = io.StringIO()
+    a = atoms.copy()
+    a.info = {}
+    write(buf, a, format="extxyz")
+    return buf.getvalue()
+
+
 def impact_task(
     slab: Atoms,
     calc: Any,
@@ -239,11 +302,25 @@ def impact_task(
     seed: int,
     campaign_seed: int,
     driver: str,
+    watch: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one trajectory and return its database row (a plain, picklable dict)."""
-    r = run_impact(slab, calc, energy_eV, seed, settings)
+    """Run one trajectory and return its database row (a plain, picklable dict).
+
+    ``watch``: (committee, :class:`~nnprefine.watch.WatchSettings`) to have the committee
+    judge the trajectory (``calc`` must be an NNPCalculator of its member 0); the row then
+    carries the watch's columns and, under ``flagged_frames``, the frames it kept.
+    """
+    observers: tuple[tuple[Any, int], ...] = ()
+    observer = None
+    if watch is not None:
+        from nnprefine.watch import CommitteeWatch
+
+        committee, watch_settings = watch
+        observer = CommitteeWatch(committee, calc, watch_settings)
+        observers = ((observer, watch_settings.interval),)
+    r = run_impact(slab, calc, energy_eV, seed, settings, observers=observers)
     sp = r.spec
-    return {
+    row = {
         "surface": surface,
         "energy_eV": float(energy_eV),
         "idx": int(index),
@@ -269,10 +346,14 @@ def impact_task(
         "energy_drift_eV": r.energy_drift_eV,
         "max_disagreement": r.max_disagreement,
         "driver": driver,
+        "driver_fingerprint": driver_fingerprint(calc),
         "code_version": __version__,
         "settings_json": json.dumps(asdict(settings), sort_keys=True, default=str),
         "created_unix": time.time(),
     }
+    if observer is not None:
+        row |= observer.record() | {"flagged_frames": observer.frames}
+    return row
 
 
 class _Progress:
@@ -327,6 +408,8 @@ def run_campaign(
     n_max: int | None = None,
     batch_size: int = 20,
     driver: str | None = None,
+    seed_label: str | None = None,
+    watch: tuple[Any, Any] | None = None,
     quiet: bool = False,
 ) -> list[YieldEstimate]:
     """Run (or resume) a campaign of impacts; return the yield per energy.
@@ -340,6 +423,14 @@ def run_campaign(
     Stopping on the data biases the yield slightly low (a run that happens to sit low
     reaches its error bar sooner); keep ``n_trajectories`` large enough to limit that.
     ``driver`` names the potential that drives the MD (default: the calculator's class).
+    ``seed_label`` (default ``surface``) is the label the trajectory seeds are derived
+    from: two campaigns with the same ``campaign_seed`` and ``seed_label`` start
+    trajectory i at energy E from the same impact point and direction, which pairs a
+    model-driven campaign with its reference-driven check seed by seed.
+    ``watch``: (committee, :class:`~nnprefine.watch.WatchSettings`) puts a committee
+    watch on every trajectory (``calc`` an NNPCalculator of the committee's member 0);
+    rows get its columns (``flagged``, …) and ``flagged_frames`` the frames it kept. The
+    watch only reads the dynamics, so it is not part of the campaign's recorded settings.
     """
     settings = settings or ImpactSettings()
     settings.resolve_r_cut(calc)  # fail now, not in every task
@@ -362,6 +453,9 @@ def run_campaign(
         "driver": driver,
         "driver_fingerprint": driver_fingerprint(calc),
     }
+    seed_label = surface if seed_label is None else seed_label
+    if seed_label != surface:  # recorded only then: older records stay valid
+        meta["seed_label"] = seed_label
     with ResultsDB(db_path) as db:
         db.check_campaign(surface, meta)
         shared = {
@@ -372,12 +466,14 @@ def run_campaign(
             "campaign_seed": int(campaign_seed),
             "driver": driver,
         }
+        if watch is not None:
+            shared["watch"] = watch
 
         def tasks_for(
             energy: float, indices: Iterable[int]
         ) -> Iterator[tuple[str, dict[str, Any]]]:
             for i in indices:
-                seed = trajectory_seed(campaign_seed, surface, energy, i)
+                seed = trajectory_seed(campaign_seed, seed_label, energy, i)
                 yield f"{surface}|{energy!r}|{i}", {"energy_eV": energy, "index": i, "seed": seed}
 
         def run_batch(plan: dict[float, list[int]], bar: _Progress) -> int:
@@ -387,7 +483,8 @@ def run_campaign(
             for out in executor.run(impact_task, tasks, shared):
                 kw = by_key[out.key]
                 if out.ok:
-                    stored += db.insert(out.value)
+                    frames = out.value.pop("flagged_frames", [])
+                    stored += db.insert(out.value, frames)
                 else:
                     db.insert_failure(
                         surface, kw["energy_eV"], kw["index"], kw["seed"], out.error or ""

@@ -22,7 +22,9 @@ def campaigns(project: Project) -> list[dict[str, Any]]:
     """Every campaign the config asks for: index, production section, driver, energies,
     trajectories per energy and the label its trajectories are stored under.
 
-    The label is ``<slab label>/<driver>``. Two sections on the same slab with the same
+    The label is ``<slab label>/<driver>``; ``seed_label`` is the label without the driver,
+    so the model-driven campaign and its reference check run the same impact seeds
+    (trajectory i at energy E starts identically for both: a paired comparison). Two sections on the same slab with the same
     impact settings share it on purpose: the later one adds trajectories to the same
     statistics (the paper's 5,000 trajectories near threshold on top of 500), and the
     report lists each label once. With other settings a section gets its own label,
@@ -37,9 +39,9 @@ def campaigns(project: Project) -> list[dict[str, Any]]:
             runs.append(("reference", prod.reference_energies_eV, prod.reference_trajectories))
         for driver, energies, n in runs:
             if energies and n:
-                label = f"{prod.slab.label}/{driver}"
+                label, seed_label = f"{prod.slab.label}/{driver}", prod.slab.label
                 if settings_of.setdefault(label, prod.impact) != prod.impact:
-                    label = f"{label}/production{i}"
+                    label, seed_label = f"{label}/production{i}", f"{seed_label}/production{i}"
                 out.append(
                     {
                         "index": i,
@@ -48,6 +50,7 @@ def campaigns(project: Project) -> list[dict[str, Any]]:
                         "energies_eV": energies,
                         "trajectories": n,
                         "label": label,
+                        "seed_label": seed_label,
                     }
                 )
     return out
@@ -65,7 +68,7 @@ def settings_differ(project: Project, db: Any, c: dict[str, Any]) -> list[str]:
     stored = meta["settings"]
     keys = (set(stored) | set(settings)) - {"r_cut_A"}  # r_cut_A is resolved from the model
     changed = sorted(k for k in keys if stored.get(k) != settings.get(k))
-    if meta["campaign_seed"] != project.seed("production", c["label"]):
+    if meta["campaign_seed"] != project.seed("production", c["seed_label"]):
         changed.append("campaign seed (project seed or label)")
     return changed
 
@@ -90,11 +93,10 @@ def sputter(project: Project) -> dict[str, Any]:
         else:
             slab = prepared_slab(project, prod.slab)
         model_driven = c["driver"] == "model"
-        if model_driven:
-            calc, r_cut = NNPCalculator(member), member.r_cut_A
-        else:
-            calc = cached_reference(cfg.reference.spec())
-            r_cut = float(getattr(calc, "r_cut_A", cfg.descriptor.r_cut_A))
+        calc = NNPCalculator(member) if model_driven else cached_reference(cfg.reference.spec())
+        # both drivers classify with the model's range, so the reference check pairs with
+        # the model's campaign seed by seed (the reference's own range may be shorter)
+        r_cut = member.r_cut_A
         project.say(
             f"production {c['label']}: {len(c['energies_eV'])} energies × "
             f"{c['trajectories']} trajectories"
@@ -107,7 +109,8 @@ def sputter(project: Project) -> dict[str, Any]:
                 surface=c["label"],
                 energies_eV=c["energies_eV"],
                 n_trajectories=c["trajectories"],
-                campaign_seed=project.seed("production", c["label"]),
+                campaign_seed=project.seed("production", c["seed_label"]),
+                seed_label=c["seed_label"],
                 settings=dataclasses.replace(prod.impact, r_cut_A=r_cut),
                 executor=executor,
                 driver=c["driver"],
