@@ -73,6 +73,12 @@ COLUMNS = (
     "polar_deg",
     "azimuth_deg",
     "sputtered_json",
+    "watched",
+    "n_watched",
+    "n_over_threshold",
+    "flagged",
+    "max_disagreement",
+    "max_energy_disagreement",
     "detail",
     "code_version",
     "created_unix",
@@ -87,10 +93,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
             r: dict[str, Any] = dict(row)
-            for k in ("energy_eV", "core_s", "wall_s", "simulated_fs", "energy_drift_eV"):
-                r[k] = float(r[k]) if r[k] not in ("", None) else math.nan
+            for k in (
+                "energy_eV", "core_s", "wall_s", "simulated_fs", "energy_drift_eV",
+                "max_disagreement", "max_energy_disagreement",
+            ):  # fmt: skip
+                r[k] = float(r[k]) if r.get(k) not in ("", None) else math.nan
             for k in ("idx", "seed", "sputtered", "reflected", "undecided", "unphysical"):
                 r[k] = int(r[k])
+            for k in ("watched", "n_watched", "n_over_threshold", "flagged"):
+                r[k] = int(r[k]) if r.get(k) not in ("", None) else 0
             r["n_sputtered"] = r["sputtered"]
             out.append(r)
     return out
@@ -144,7 +155,9 @@ def ensure_model(out: Path, project: Any) -> Any:
                 f"no model yet: {path} is missing and {src} holds no committee; run "
                 f"'nnprefine train {CONFIG.relative_to(ROOT)}' first"
             )
-        shutil.copytree(src, path, ignore=shutil.ignore_patterns("*.npz", "*.png"))
+        shutil.copytree(
+            src, path, ignore=shutil.ignore_patterns("validation.npz", "parity.npz", "*.png")
+        )
     return Committee.load(path)
 
 
@@ -181,6 +194,7 @@ def run(args: argparse.Namespace) -> None:
         slab_fingerprint,
         trajectory_seed,
     )
+    from nnprefine.stages.production import watch_settings
 
     out: Path = args.out
     project = _project(args.config)
@@ -188,8 +202,12 @@ def run(args: argparse.Namespace) -> None:
     prod = cfg.production[0]
     slab = ensure_slab(out, project)
     committee = ensure_model(out, project) if args.driver == "model" else None
+    watch = None
     if args.driver == "model":
         calc = NNPCalculator(committee[0])
+        # the committee watch of issue #21 rides along: its flags meet the reference's fates
+        ws = watch_settings(project, prod, model_dir=out / "model")
+        watch = None if ws is None else (committee, ws)
     else:
         calc = cached_reference(cfg.reference.spec())
     settings = dataclasses.replace(prod.impact, r_cut_A=cfg.descriptor.r_cut_A)
@@ -227,6 +245,7 @@ def run(args: argparse.Namespace) -> None:
         "surface": f"{seed_label}/{args.driver}",
         "campaign_seed": campaign_seed,
         "driver": args.driver,
+        "watch": watch,
     }
     t0 = time.perf_counter()
     spec = "in-process" if args.workers == 1 else {"kind": "dask", "n_workers": args.workers}
@@ -262,7 +281,7 @@ def run(args: argparse.Namespace) -> None:
 
 def report(out: Path) -> dict[str, Any]:
     """comparison.json and the figures from the CSV; returns the figures' summary."""
-    from nnprefine.comparison import compare_drivers, plot_sputtered_distributions
+    from nnprefine.comparison import compare_drivers, flag_table, plot_sputtered_distributions
     from nnprefine.yields import estimate_yield, plot_yields
 
     rows = read_rows(out / "trajectories.csv")
@@ -270,11 +289,20 @@ def report(out: Path) -> dict[str, Any]:
     for r in rows:
         by_driver.setdefault(r["driver"], []).append(r)
     comparisons = compare_drivers(by_driver["model"], by_driver["reference"])
+    flags = {
+        f"{e:g}": flag_table(
+            [r for r in by_driver["model"] if r["energy_eV"] == e],
+            [r for r in by_driver["reference"] if r["energy_eV"] == e],
+        )
+        for e in sorted({r["energy_eV"] for r in by_driver["model"]})
+    }
     core_h = {d: sum(r["core_s"] for r in rs) / 3600 for d, rs in by_driver.items()}
     summary: dict[str, Any] = {
         "trajectories": {d: len(rs) for d, rs in by_driver.items()},
         "core_hours": {d: round(h, 3) for d, h in core_h.items()},
         "energies": [c.as_dict() for c in comparisons],
+        # issue #21: the watch's flags against the fates (does it flag where fates differ?)
+        "watch_by_fate": flags,
     }
     (out / "comparison.json").write_text(json.dumps(summary, indent=1) + "\n")
     est = {
@@ -306,6 +334,7 @@ def report(out: Path) -> dict[str, Any]:
         for x in ests:
             key = f"{d}_{x.energy_eV:g}eV"
             flat[key] = {"n": x.n, "yield": round(x.yield_, 4), "error_2sigma": round(x.error, 4)}
+    flat["watch_by_fate"] = flags
     for c in comparisons:
         flat[f"z_{c.energy_eV:g}eV"] = round(c.z, 2)
         flat[f"fisher_p_{c.energy_eV:g}eV"] = round(c.fisher_p, 3)

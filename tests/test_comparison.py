@@ -8,7 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from nnprefine.comparison import compare_drivers, compare_one, plot_sputtered_distributions
+from nnprefine.comparison import (
+    compare_drivers,
+    compare_one,
+    flag_table,
+    plot_sputtered_distributions,
+)
 
 
 def _rows(counts, seeds=None, reflected=None, unphysical=None, energy=100.0):
@@ -95,3 +100,18 @@ def test_sputtered_distribution_plot(tmp_path):
         tmp_path / "h.png", _rows([0, 1, 2]), _rows([1, 0, 0]), title="test"
     )
     assert path.stat().st_size > 5000
+
+
+def test_the_flag_table_counts_watched_seeds_by_flag_and_fate():
+    model = _rows([0, 1, 2, 0, 1], seeds=[0, 1, 2, 3, 9], unphysical=[0, 0, 0, 1, 0])
+    for row, (watched, flagged) in zip(
+        model, [(1, 1), (1, 0), (1, 1), (1, 1), (1, 1)], strict=True
+    ):
+        row.update(watched=watched, flagged=flagged)
+    model.append({**_rows([1], seeds=[4])[0], "watched": 0, "flagged": 0})
+    reference = _rows([0, 1, 0, 0, 1], seeds=[0, 1, 2, 3, 4])
+    # seed 3 unphysical, seed 4 not watched, seed 9 unpaired: left out
+    assert flag_table(model, reference) == {
+        "flagged": {"same": 1, "differ": 1},
+        "not_flagged": {"same": 1, "differ": 0},
+    }

@@ -98,6 +98,17 @@ def test_run_writes_report_and_summary_with_every_section(finished):
         assert y["clopper_pearson_low"] <= k / y["trajectories"] <= y["clopper_pearson_high"]
         assert y["yield_upper"] >= y["yield"]
         assert (y["sputtered_energy_mean_eV"] is None) == (y["sputtered"] == 0)
+        # the committee watch (default every 5 steps) sees every model-driven trajectory
+        if y["driver"] == "model":
+            assert y["watched"] == y["trajectories"]
+            assert y["flagged_fraction"] == pytest.approx(y["flagged"] / y["watched"])
+        else:
+            assert "watched" not in y
+    # the reference check ran the model's seeds: one pair at 300 eV
+    [cmp] = summary["comparisons"]
+    assert cmp["energy_eV"] == 300.0 and cmp["n_paired"] == 1
+    flags = cmp["watch_by_fate"]
+    assert sum(v for row in flags.values() for v in row.values()) == 1
     # The data set holds exactly what the iterations say they added.
     with closing(sqlite3.connect(out / "data.db")) as con, con:
         per_iteration = dict(

@@ -142,3 +142,17 @@ def test_the_watch_refuses_a_driver_that_is_not_member_0(committee):
         CommitteeWatch(committee, NNPCalculator(committee[1]))
     with pytest.raises(ConfigError, match="interval"):
         WatchSettings(interval=0)
+
+
+def test_flagged_counts_per_energy(tmp_path, committee, slab):
+    calc = NNPCalculator(committee[0])
+    low = WatchSettings(
+        interval=4, energy_threshold_eV_per_atom=1e-9, force_threshold_eV_per_A=1e-9
+    )
+    settings = ImpactSettings(timestep_fs=0.5, duration_fs=2.0, max_extensions=0)
+    db = tmp_path / "c.sqlite"
+    kw = dict(surface="c", n_trajectories=2, campaign_seed=1, settings=settings, quiet=True)
+    run_campaign(db, slab, calc, energies_eV=[30.0], watch=(committee, low), **kw)
+    run_campaign(db, slab, calc, energies_eV=[40.0], **kw)  # not watched: not counted
+    with ResultsDB(db) as rdb:
+        assert rdb.flagged_counts("c") == {30.0: (2, 2)}

@@ -37,7 +37,10 @@ __all__ = [
     "PairedComparison",
     "compare_drivers",
     "compare_one",
+    "flag_table",
+    "paired",
     "plot_sputtered_distributions",
+    "same_fate",
     "sputtered_atoms",
 ]
 
@@ -96,6 +99,35 @@ def _standard_error(counts: np.ndarray) -> float:
     return float(counts.std(ddof=1) / math.sqrt(counts.size))
 
 
+def same_fate(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two trajectories sputtered as many atoms and both reflected (or neither)."""
+    return int(a["n_sputtered"]) == int(b["n_sputtered"]) and bool(a["reflected"]) == bool(
+        b["reflected"]
+    )
+
+
+def paired(
+    model_rows: Sequence[Mapping[str, Any]], reference_rows: Sequence[Mapping[str, Any]]
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(model row, reference row) of every seed both ran, in the model rows' order."""
+    by_seed = {int(x["seed"]): x for x in reference_rows}
+    return [(x, by_seed[int(x["seed"])]) for x in model_rows if int(x["seed"]) in by_seed]
+
+
+def flag_table(
+    model_rows: Iterable[Mapping[str, Any]], reference_rows: Iterable[Mapping[str, Any]]
+) -> dict[str, dict[str, int]]:
+    """Watched model trajectories by committee-watch flag and by whether the reference, on
+    the same seed, met the same fate: ``{"flagged" | "not_flagged": {"same" | "differ": n}}``.
+    A watch worth its cost flags the differing seeds more often than the others."""
+    table = {k: {"same": 0, "differ": 0} for k in ("flagged", "not_flagged")}
+    watched = [x for x in _physical(model_rows) if int(x.get("watched") or 0)]
+    for a, b in paired(watched, _physical(reference_rows)):
+        row = table["flagged" if int(a["flagged"]) else "not_flagged"]
+        row["same" if same_fate(a, b) else "differ"] += 1
+    return table
+
+
 def compare_one(
     energy_eV: float,
     model_rows: Sequence[Mapping[str, Any]],
@@ -112,13 +144,8 @@ def compare_one(
     z = diff / se if se > 0 else (0.0 if diff == 0 else math.nan)
     table = [[em.n_events, em.n - em.n_events], [er.n_events, er.n - er.n_events]]
     fisher = float(stats.fisher_exact(table)[1]) if (m and r) else math.nan
-    by_seed = {int(x["seed"]): x for x in r}
-    pairs = [(x, by_seed[int(x["seed"])]) for x in m if int(x["seed"]) in by_seed]
-    same = [
-        int(a["n_sputtered"]) == int(b["n_sputtered"])
-        and bool(a["reflected"]) == bool(b["reflected"])
-        for a, b in pairs
-    ]
+    pairs = paired(m, r)
+    same = [same_fate(a, b) for a, b in pairs]
     return PairedComparison(
         energy_eV=float(energy_eV),
         model=em,

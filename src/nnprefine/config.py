@@ -659,6 +659,13 @@ class ProductionConfig:
     #: sputtered atoms per ion) or max_trajectories_per_energy is reached
     target_error: float | None = None
     max_trajectories_per_energy: int | None = None
+    #: the committee watch on model-driven runs (:mod:`nnprefine.watch`): every
+    #: watch_interval steps the other members judge member 0's frame against the last
+    #: [[refine.thresholds]] pair (calibrated); 0 turns it off. Cost: docs/benchmarks.md
+    watch_interval: int = 5
+    #: over-threshold frames kept per flagged trajectory, at least watch_separation_fs apart
+    watch_frames: int = 3
+    watch_separation_fs: float = 5.0
     #: how each impact runs: every field of :class:`nnprefine.impact.ImpactSettings`
     #: flat in ``[[production]]`` (``timestep_fs``, ``duration_fs``, ``extension_fs``,
     #: ``max_extensions``, ``adaptive`` (a table; absent: the fixed step), ``early_stop``
@@ -695,8 +702,20 @@ class ProductionConfig:
             "positive energies",
             list(self.reference_energies_eV),
         )
-        for name in ("trajectories_per_energy", "reference_trajectories"):
+        for name in ("trajectories_per_energy", "reference_trajectories", "watch_frames"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
+        _check(
+            isinstance(self.watch_interval, int) and self.watch_interval >= 0,
+            f"{key}.watch_interval",
+            "a whole number of MD steps ≥ 0 (0: no committee watch)",
+            self.watch_interval,
+        )
+        _check(
+            self.watch_separation_fs >= 0,
+            f"{key}.watch_separation_fs",
+            "zero or more fs",
+            self.watch_separation_fs,
+        )
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,9 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
         cells = []
         for key, _ in columns:
             v = row.get(key, "")
-            if isinstance(v, float):
+            if v is None:
+                v = "–"
+            elif isinstance(v, float):
                 v = f"{v:.4g}"
             cells.append(f"<td>{html.escape(str(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -361,9 +363,56 @@ def write_html(
                 ("undecided", "undecided"),
                 ("reflected", "reflected"),
                 ("core_seconds_per_trajectory", "core-s / trajectory"),
+                ("flagged_fraction", "flagged by the watch"),
+                ("yield_unflagged", "yield, unflagged"),
+                ("error_2sigma_unflagged", "2σ/√N, unflagged"),
             ],
         )
     )
+    comparisons = summary.get("comparisons", [])
+    if comparisons:
+        parts.append(
+            "<h3>NNP against its reference on the same seeds</h3>"
+            "<p class='note'>z: yield difference in combined standard errors; Fisher's exact "
+            "p on sputtered / not; same fate: seeds with the same sputtered count and "
+            "reflection; watch: flagged seeds whose fate differs / flagged, and the same "
+            "for unflagged seeds.</p>"
+        )
+        rows = []
+        for c in comparisons:
+            w = c.get("watch_by_fate", {})
+            f, n = w.get("flagged", {}), w.get("not_flagged", {})
+            rows.append(
+                {
+                    "surface": c["surface"],
+                    "energy_eV": c["energy_eV"],
+                    "model": f"{c['model']['yield']:.3f} ± {c['model']['error_2sigma']:.3f}",
+                    "reference": (
+                        f"{c['reference']['yield']:.3f} ± {c['reference']['error_2sigma']:.3f}"
+                    ),
+                    "n": f"{c['model']['n']} / {c['reference']['n']}",
+                    "z": c["z"],
+                    "fisher_p": c["fisher_p"],
+                    "same_fate": c["same_fate"],
+                    "flagged": f"{f.get('differ', 0)} / {f.get('differ', 0) + f.get('same', 0)}",
+                    "unflagged": (
+                        f"{n.get('differ', 0)} / {n.get('differ', 0) + n.get('same', 0)}"
+                    ),
+                }
+            )
+        cols = [
+            ("surface", "surface"),
+            ("energy_eV", "E (eV)"),
+            ("model", "NNP yield"),
+            ("reference", "reference yield"),
+            ("n", "N (NNP / ref)"),
+            ("z", "z"),
+            ("fisher_p", "Fisher p"),
+            ("same_fate", "same fate"),
+            ("flagged", "watch: flagged, fate differs"),
+            ("unflagged", "unflagged, fate differs"),
+        ]
+        parts.append(_table(rows, cols))
     fits = summary.get("eckstein_fits", [])
     if fits:
         parts.append("<h3>Eckstein fits</h3>" + _table(fits, [(k, k) for k in fits[0]]))

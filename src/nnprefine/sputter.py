@@ -246,6 +246,15 @@ class ResultsDB:
             out.append(a)
         return out
 
+    def flagged_counts(self, surface: str) -> dict[float, tuple[int, int]]:
+        """Per energy (eV): (flagged, watched) trajectories of ``surface``."""
+        rows = self._con.execute(
+            "SELECT energy_eV, SUM(flagged), COUNT(*) FROM trajectories "
+            "WHERE surface = ? AND watched = 1 GROUP BY energy_eV ORDER BY energy_eV",
+            (surface,),
+        )
+        return {float(e): (int(f), int(n)) for e, f, n in rows}
+
     def insert_failure(
         self, surface: str, energy_eV: float, idx: int, seed: int, error: str
     ) -> None:

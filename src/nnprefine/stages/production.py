@@ -8,6 +8,8 @@ it finishes (:func:`nnprefine.sputter.run_campaign`); re-running skips stored on
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 from nnprefine.reference import cached_reference
@@ -15,7 +17,7 @@ from nnprefine.stages.initial_data import prepared_slab
 from nnprefine.stages.project import Project
 from nnprefine.stages.training import train_final
 
-__all__ = ["campaigns", "sputter"]
+__all__ = ["campaigns", "sputter", "watch_settings"]
 
 
 def campaigns(project: Project) -> list[dict[str, Any]]:
@@ -73,6 +75,33 @@ def settings_differ(project: Project, db: Any, c: dict[str, Any]) -> list[str]:
     return changed
 
 
+def watch_settings(project: Project, prod: Any, model_dir: Path | None = None) -> Any:
+    """The committee watch of a model-driven campaign: ``prod``'s interval and frames, the
+    last ``[[refine.thresholds]]`` pair, the calibration of ``validation.json`` in
+    ``model_dir`` (default ``models/final``; 1 when the model was not validated, which the
+    log says). None when ``prod.watch_interval`` is 0."""
+    from nnprefine.watch import WatchSettings
+
+    if prod.watch_interval == 0:
+        return None
+    last = project.config.refine.thresholds[-1]
+    record = (model_dir or project.model_dir("final")) / "validation.json"
+    alpha = {"energy": 1.0, "force": 1.0}
+    if record.exists():
+        alpha = json.loads(record.read_text()).get("calibration") or alpha
+    else:
+        project.say(f"  committee watch uncalibrated: no {record} ('nnprefine validate')")
+    return WatchSettings(
+        interval=prod.watch_interval,
+        energy_threshold_eV_per_atom=last.energy_meV_per_atom / 1000.0,
+        force_threshold_eV_per_A=last.force_eV_per_A,
+        energy_scale=float(alpha["energy"]),
+        force_scale=float(alpha["force"]),
+        max_frames=prod.watch_frames,
+        min_separation_fs=prod.watch_separation_fs,
+    )
+
+
 def sputter(project: Project) -> dict[str, Any]:
     """Production campaigns with member 1 of the final committee, and reference checks.
 
@@ -80,11 +109,12 @@ def sputter(project: Project) -> dict[str, Any]:
     """
     from nnprefine.calculators import NNPCalculator
     from nnprefine.model import Committee
-    from nnprefine.sputter import run_campaign
+    from nnprefine.sputter import ResultsDB, run_campaign
 
     cfg = project.config
     train_final(project)
-    member = Committee.load(project.model_dir("final")).members[0]
+    committee = Committee.load(project.model_dir("final"))
+    member = committee.members[0]
     estimates = {}
     for c in campaigns(project):
         prod = c["production"]
@@ -97,6 +127,10 @@ def sputter(project: Project) -> dict[str, Any]:
         # both drivers classify with the model's range, so the reference check pairs with
         # the model's campaign seed by seed (the reference's own range may be shorter)
         r_cut = member.r_cut_A
+        watch = None
+        if model_driven and len(committee) > 1:
+            ws = watch_settings(project, prod)
+            watch = None if ws is None else (committee, ws)
         project.say(
             f"production {c['label']}: {len(c['energies_eV'])} energies × "
             f"{c['trajectories']} trajectories"
@@ -117,6 +151,7 @@ def sputter(project: Project) -> dict[str, Any]:
                 # sequential stopping applies to the model's campaign, not the reference check
                 target_error=prod.target_error if model_driven else None,
                 n_max=prod.max_trajectories_per_energy if model_driven else None,
+                watch=watch,
             )
         for est in estimates[c["label"]]:
             project.say(
@@ -124,4 +159,11 @@ def sputter(project: Project) -> dict[str, Any]:
                 f"at most {est.yield_upper:.3f} with its {est.n_undecided} undecided, "
                 f"reflected {est.reflection:.3f}"
             )
+        if watch is not None:
+            with ResultsDB(project.results_db) as db:
+                for energy, (n_flagged, n) in db.flagged_counts(c["label"]).items():
+                    project.say(
+                        f"  {energy:g} eV: committee watch flagged {n_flagged} of {n} "
+                        f"trajectories ({n_flagged / max(n, 1):.0%})"
+                    )
     return {label: [e.energy_eV for e in est] for label, est in estimates.items()}

@@ -56,6 +56,57 @@ def _sputtered_atoms(atoms: list[dict[str, float]]) -> dict[str, Any]:
     }
 
 
+def _watch_columns(energy_eV: float, traj: list[dict[str, Any]]) -> dict[str, Any]:
+    """The committee watch's share of one energy: watched and flagged trajectories, the
+    flagged fraction, and the yield (2σ/√N) of the trajectories it did not flag."""
+    from nnprefine.yields import estimate_yield
+
+    watched = [r for r in traj if r.get("watched")]
+    if not watched:
+        return {}
+    flagged = sum(int(r["flagged"] or 0) for r in watched)
+    calm = [r for r in watched if not r["flagged"]]
+    est = estimate_yield(energy_eV, calm) if calm else None
+    return {
+        "watched": len(watched),
+        "flagged": flagged,
+        "flagged_fraction": flagged / len(watched),
+        "yield_unflagged": est.yield_ if est and est.n else None,
+        "error_2sigma_unflagged": est.error if est and est.n else None,
+    }
+
+
+def _comparison_rows(project: Project) -> list[dict[str, Any]]:
+    """Model against reference on the same seeds, per surface and energy both ran
+    (:func:`nnprefine.comparison.compare_drivers`), with the watch's flag × fate table."""
+    from nnprefine.comparison import compare_drivers, flag_table
+    from nnprefine.sputter import ResultsDB
+
+    by_seed_label: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in _unique_campaigns(project):
+        by_seed_label.setdefault(c["seed_label"], {})[c["driver"]] = c
+    out = []
+    with ResultsDB(project.results_db) as db:
+        for pair in by_seed_label.values():
+            if set(pair) != {"model", "reference"}:
+                continue
+            model, ref = db.rows(pair["model"]["label"]), db.rows(pair["reference"]["label"])
+            for cmp in compare_drivers(model, ref):
+                e = cmp.energy_eV
+                flags = flag_table(
+                    [r for r in model if r["energy_eV"] == e],
+                    [r for r in ref if r["energy_eV"] == e],
+                )
+                out.append(
+                    {
+                        "surface": pair["model"]["production"].slab.label,
+                        **cmp.as_dict(),
+                        "watch_by_fate": flags,
+                    }
+                )
+    return out
+
+
 def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of ``summary.json``'s ``yields`` and Eckstein fits, from ``results.db``."""
     from nnprefine.errors import NnprefineError
@@ -90,6 +141,7 @@ def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, 
                         "core_seconds_per_trajectory": sum(r["core_s"] for r in traj)
                         / max(len(traj), 1),
                         **_sputtered_atoms(atoms_out),
+                        **_watch_columns(e.energy_eV, traj),
                     }
                 )
             if c["driver"] != "model":
@@ -204,6 +256,7 @@ def summary(project: Project) -> dict[str, Any]:
         out["validation"] = _validation_block(json.loads(validation.read_text()), final)
     if project.results_db.exists():
         out["yields"], out["eckstein_fits"] = _yield_rows(project)
+        out["comparisons"] = _comparison_rows(project)
     return out
 
 
