@@ -139,3 +139,23 @@ def write_tiny_config(folder: Path, reference: str = "", **sections: str) -> Pat
     path = folder / "tiny.toml"
     path.write_text(tiny_config_text(folder / "out", reference, **sections))
     return path
+
+
+def scaled_potential(sfset: Any, seed: int = 0, skin_A: float = 0.6, baseline: Any = None) -> Any:
+    """A small (6-5) model with input scaling fitted on rattled hcp Be, so its inputs are
+    O(1), and an energy offset near Be's cohesive energy."""
+    from ase.build import bulk
+
+    from nnprefine.model import InputScaling, NNPotential
+
+    pot = NNPotential(sfset, hidden=(6, 5), seed=seed, skin_A=skin_A, baseline=baseline)
+    cells = []
+    for s in range(3):
+        cell = bulk("Be", "hcp", a=2.24, c=3.60).repeat((2, 2, 2))
+        cell.rattle(0.1, seed=s)
+        cells.append(pot.descriptor.values(cell))
+    pot.scaling = InputScaling.from_values(
+        {"Be": np.concatenate(cells)}, mode="scalecenter", s_min=-1, s_max=1
+    )
+    pot.set_energy_offsets({"Be": -3.3})
+    return pot

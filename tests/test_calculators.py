@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 import pytest
+from _tiny import scaled_potential
 from ase import Atoms
-from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from test_md import thermal_slab
@@ -21,7 +21,7 @@ from nnprefine.descriptors import make_set
 from nnprefine.errors import ConfigError
 from nnprefine.impact import EarlyStop, ImpactSettings, run_impact
 from nnprefine.md import AdaptiveTimestep, MDState, SanityObserver, VelocityVerlet
-from nnprefine.model import Committee, InputScaling, NNPotential
+from nnprefine.model import Committee, NNPotential
 from nnprefine.structures import be0001_slab
 
 R_CUT_A = 4.5
@@ -33,18 +33,7 @@ def sfset():
 
 
 def _potential(sfset, skin_A: float = 0.6, seed: int = 0) -> NNPotential:
-    """A model with input scaling fitted on rattled bulk, so its inputs are O(1)."""
-    pot = NNPotential(sfset, hidden=(6, 5), seed=seed, skin_A=skin_A)
-    cells = []
-    for s in range(3):
-        cell = bulk("Be", "hcp", a=2.24, c=3.60).repeat((2, 2, 2))
-        cell.rattle(0.1, seed=s)
-        cells.append(pot.descriptor.values(cell))
-    pot.scaling = InputScaling.from_values(
-        {"Be": np.concatenate(cells)}, mode="scalecenter", s_min=-1, s_max=1
-    )
-    pot.set_energy_offsets({"Be": -3.3})
-    return pot
+    return scaled_potential(sfset, seed=seed, skin_A=skin_A)
 
 
 def _slab() -> Atoms:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ase.build import bulk
+from _tiny import scaled_potential
 
 from nnprefine.calculators import CommitteeCalculator, NNPCalculator
 from nnprefine.descriptors import make_set
 from nnprefine.errors import ConfigError
 from nnprefine.impact import ImpactSettings, run_impact
-from nnprefine.model import Committee, InputScaling, NNPotential, ZBLBaseline
+from nnprefine.model import Committee, ZBLBaseline
 from nnprefine.sputter import ResultsDB, run_campaign
 from nnprefine.structures import be0001_slab
 from nnprefine.watch import CommitteeWatch, WatchSettings
@@ -21,19 +21,8 @@ from nnprefine.watch import CommitteeWatch, WatchSettings
 def committee() -> Committee:
     """Two small members with scaled inputs and a shared ZBL baseline (it must cancel)."""
     sfset = make_set(["Be"], n_radial=4, n_narrow=2, n_wide=2, r_cut_A=4.5)
-    members = []
-    for seed in (0, 1):
-        pot = NNPotential(sfset, hidden=(6, 5), seed=seed, baseline=ZBLBaseline(1.0, 2.0))
-        cells = []
-        for s in range(3):
-            cell = bulk("Be", "hcp", a=2.24, c=3.60).repeat((2, 2, 2))
-            cell.rattle(0.1, seed=s)
-            cells.append(pot.descriptor.values(cell))
-        pot.scaling = InputScaling.from_values(
-            {"Be": np.concatenate(cells)}, mode="scalecenter", s_min=-1, s_max=1
-        )
-        pot.set_energy_offsets({"Be": -3.3})
-        members.append(pot)
+    baseline = ZBLBaseline(1.0, 2.0)
+    members = [scaled_potential(sfset, seed=seed, baseline=baseline) for seed in (0, 1)]
     return Committee(members)
 
 
