@@ -98,7 +98,7 @@ def test_run_writes_report_and_summary_with_every_section(finished):
         assert y["clopper_pearson_low"] <= k / y["trajectories"] <= y["clopper_pearson_high"]
         assert y["yield_upper"] >= y["yield"]
         assert (y["sputtered_energy_mean_eV"] is None) == (y["sputtered"] == 0)
-        # the committee watch (default every 5 steps) sees every model-driven trajectory
+        # the committee watch (default every 10 steps) sees every model-driven trajectory
         if y["driver"] == "model":
             assert y["watched"] == y["trajectories"]
             assert y["flagged_fraction"] == pytest.approx(y["flagged"] / y["watched"])

@@ -662,7 +662,7 @@ class ProductionConfig:
     #: the committee watch on model-driven runs (:mod:`nnprefine.watch`): every
     #: watch_interval steps the other members judge member 0's frame against the last
     #: [[refine.thresholds]] pair (calibrated); 0 turns it off. Cost: docs/benchmarks.md
-    watch_interval: int = 5
+    watch_interval: int = 10
     #: over-threshold frames kept per flagged trajectory, at least watch_separation_fs apart
     watch_frames: int = 3
     watch_separation_fs: float = 5.0

@@ -40,7 +40,7 @@ class WatchSettings:
     calibrated disagreement (raw × ``energy_scale`` / ``force_scale``).
     """
 
-    interval: int = 5
+    interval: int = 10
     energy_threshold_eV_per_atom: float = 0.002
     force_threshold_eV_per_A: float = 0.8
     energy_scale: float = 1.0
