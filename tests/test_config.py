@@ -47,6 +47,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
         ),
         ({"production": [{"target_error": -0.01}]}, r"production\[0\].target_error = -0.01"),
         ({"production": [{"heat_sink": "nose"}]}, r"production\[0\].heat_sink = 'nose'"),
+        (
+            {"production": [{"refine_on_flags": True, "watch_interval": 0}]},
+            r"production\[0\].watch_interval = 0 .* refine_on_flags = true",
+        ),
+        (
+            {"production": [{"refine_on_flags": True, "repair_frames": 0}]},
+            r"production\[0\].repair_frames = 0",
+        ),
         ({"project": {"element": "Xx"}}, r"project.element"),
         (
             {"initial_data": {"slab": {"size": [2, 2, 6]}}},

@@ -418,3 +418,81 @@ def test_a_full_disk_is_one_line_that_says_the_run_resumes(tmp_path, monkeypatch
     assert main(["run", str(config)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and "resumes" in err
+
+
+def test_refine_on_flags_labels_flagged_frames_retrains_and_reruns_the_same_seeds(
+    finished, tmp_path
+):
+    """[[production]] refine_on_flags: the watch's frames go to the reference (origin
+    'production'), a model 'repair-1' is trained on them, the flagged trajectories re-run
+    on their own seeds under their own label; yields never mix the two models, and a
+    second run changes nothing."""
+    shutil.copytree(finished / "out", tmp_path / "out")
+    (tmp_path / "out" / "results.db").unlink()
+    shutil.copy(finished / "calls.log", tmp_path / "calls.log")
+    text = (finished / "tiny.toml").read_text().replace(str(finished), str(tmp_path))
+    text = text.replace(
+        "reference_trajectories = 1",
+        "reference_trajectories = 1\nrefine_on_flags = true\nrepair_rounds = 2\nrepair_frames = 3",
+    )
+    # a last threshold pair nothing stays under: every watched trajectory is flagged
+    text = text.replace(
+        "force_eV_per_A = 2.0",
+        "force_eV_per_A = 2.0\n[[refine.thresholds]]\nenergy_meV_per_atom = 1e-6\n"
+        "force_eV_per_A = 1e-6",
+    )
+    config = tmp_path / "tiny.toml"
+    config.write_text(text)
+    assert main(["sputter", str(config)]) == 0
+    out = tmp_path / "out"
+    with ResultsDB(out / "results.db") as db:
+        rows = db.rows()
+        kept = {
+            (a.info["energy_eV"], a.info["idx"], a.info["time_fs"])
+            for a in db.flagged_frames("Be(0001)-3x3x3/model")
+        }
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(r["surface"], []).append(r)
+    base = "Be(0001)-3x3x3/model"
+    first, rerun = by_label[base], by_label[f"{base}/repair-1"]
+    assert all(r["flagged"] == 1 and r["model"] == "final" for r in first)
+    assert {r["model"] for r in rerun} == {"repair-1"}
+    assert {r["model"] for r in by_label[f"{base}/repair-2"]} == {"repair-2"}
+    # the re-runs are the flagged trajectories, on the very same seeds
+    assert {(r["energy_eV"], r["idx"], r["seed"]) for r in rerun} == {
+        (r["energy_eV"], r["idx"], r["seed"]) for r in first
+    }
+    assert len({r["driver_fingerprint"] for r in first + rerun}) == 2
+    # the labelled frames are watch frames of flagged trajectories, spread over them
+    with closing(sqlite3.connect(out / "data.db")) as con, con:
+        labelled = con.execute(
+            "SELECT iteration, trajectory, time_fs FROM frames WHERE origin = 'production'"
+        ).fetchall()
+    rounds = [json.loads((out / "stages" / f"repair-{r}.json").read_text()) for r in (1, 2)]
+    assert sorted({it for it, _, _ in labelled}) == [3, 4]  # after refinement's 2 iterations
+    first_round = [(t, time_fs) for it, t, time_fs in labelled if it == 3]
+    assert len(first_round) == rounds[0]["frames_labelled"] == 3
+    assert len({t for t, _ in first_round}) == 3  # 4 flagged trajectories: 3 different ones
+    for t, time_fs in first_round:
+        label, energy, idx = t.split("|")
+        assert label == base and (float(energy.removesuffix("eV")), int(idx), time_fs) in kept
+    assert rounds[0]["flagged_before"] == rounds[0]["rerun"] == 4
+    assert rounds[1]["previous_model"] == "repair-1" and (out / "models" / "repair-2").is_dir()
+    # the report keeps the final model's yields and shows the repair apart
+    assert main(["report", str(config)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(y["driver"], y["trajectories"]) for y in summary["yields"]} == {
+        ("model", 2),
+        ("reference", 1),
+    }
+    assert [r["round"] for r in summary["repairs"]] == [1, 2]
+    [at300] = [e for e in summary["repairs"][0]["energies"] if e["energy_eV"] == 300.0]
+    assert at300["reference_paired"] == 1
+    assert "Repair on flags" in (out / "report.html").read_text()
+    # resumed: nothing is labelled, trained or run again
+    calls = (tmp_path / "calls.log").read_text()
+    assert main(["sputter", str(config)]) == 0
+    assert (tmp_path / "calls.log").read_text() == calls
+    with ResultsDB(out / "results.db") as db:
+        assert len(db.rows()) == len(rows)

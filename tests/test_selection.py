@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnprefine.selection import select_frames
+from nnprefine.selection import select_frames, spread_over_trajectories
 
 
 def _frames(n_traj: int = 3, n_frames: int = 40, dt_fs: float = 1.0):
@@ -124,3 +124,14 @@ def test_empty_input():
         force_threshold_eV_per_A=2.0,
     )
     assert len(sel.selected) == 0 and sel.fraction_over_threshold == 0.0
+
+
+def test_flagged_frames_are_spread_over_trajectories_before_any_gives_a_second():
+    # trajectory "a" is wild (every frame scores higher than any of "b" or "c")
+    keys = ["a"] * 5 + ["b", "b", "c"]
+    score = [9.0, 8.0, 7.0, 6.0, 5.0, 2.0, 1.5, np.nan]
+    # NaN (a member lost) ranks first; then one frame of each trajectory, best first
+    assert list(spread_over_trajectories(keys, score, 3)) == [0, 5, 7]
+    assert list(spread_over_trajectories(keys, score, 5)) == [0, 1, 5, 6, 7]
+    assert list(spread_over_trajectories(keys, score, 100)) == list(range(8))
+    assert len(spread_over_trajectories([], [], 4)) == 0

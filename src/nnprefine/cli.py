@@ -144,7 +144,8 @@ _STAGE_HELP = {
     "init": "relax the lattice and the slabs; label the initial data and the validation set",
     "refine": "the query-by-committee loop: train, explore, select, label, repeat",
     "train": "train the final committee on all data; parity, lattice constants",
-    "sputter": "production impacts with the final model (and reference checks); yields",
+    "sputter": "production impacts with the final model (and reference checks); yields; "
+    "with refine_on_flags, the repair of flagged trajectories",
     "report": "write report.html, summary.json and the figures",
 }
 

@@ -666,6 +666,14 @@ class ProductionConfig:
     #: over-threshold frames kept per flagged trajectory, at least watch_separation_fs apart
     watch_frames: int = 3
     watch_separation_fs: float = 5.0
+    #: repair on flags (stage ``repair``, :mod:`nnprefine.stages.repair`): after the
+    #: campaign, label up to repair_frames of the watch's flagged frames with the
+    #: reference, retrain (models/repair-<r>) and re-run the flagged trajectories on their
+    #: own seeds with the new model (label ``<slab>/model/repair-<r>``); up to
+    #: repair_rounds rounds, each on the trajectories still flagged
+    refine_on_flags: bool = False
+    repair_rounds: int = 1
+    repair_frames: int = 30
     #: how each impact runs: every field of :class:`nnprefine.impact.ImpactSettings`
     #: flat in ``[[production]]`` (``timestep_fs``, ``duration_fs``, ``extension_fs``,
     #: ``max_extensions``, ``adaptive`` (a table; absent: the fixed step), ``early_stop``
@@ -716,6 +724,26 @@ class ProductionConfig:
             "zero or more fs",
             self.watch_separation_fs,
         )
+        if self.refine_on_flags:
+            _check(
+                self.watch_interval > 0,
+                f"{key}.watch_interval",
+                "≥ 1 with refine_on_flags = true (the repair feeds on the watch's flags)",
+                self.watch_interval,
+            )
+            _check(
+                self.watch_frames > 0,
+                f"{key}.watch_frames",
+                "≥ 1 with refine_on_flags = true (the frames the repair labels)",
+                self.watch_frames,
+            )
+            for name in ("repair_rounds", "repair_frames"):
+                _check(
+                    isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                    f"{key}.{name}",
+                    "a whole number ≥ 1 with refine_on_flags = true",
+                    getattr(self, name),
+                )
 
 
 @dataclass(frozen=True)

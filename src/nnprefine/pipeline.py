@@ -1,4 +1,4 @@
-"""The main job, stage by stage: init → refine → train → sputter → report.
+"""The main job, stage by stage: init → refine → train → sputter (and repair) → report.
 
 Each stage (in :mod:`nnprefine.stages`) takes a :class:`~nnprefine.stages.Project`,
 skips what is already done and records its result; :func:`run` calls them in order, so
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nnprefine import __version__
-from nnprefine.stages import Project, init, refine, report, sputter, train_final
+from nnprefine.stages import Project, init, refine, repair, report, sputter, train_final
 from nnprefine.stages.production import campaigns, settings_differ
 from nnprefine.stages.validation import validation_data
 
@@ -24,7 +24,7 @@ STAGES: dict[str, tuple[Callable[[Project], Any], ...]] = {
     "init": (init, validation_data),
     "refine": (refine,),
     "train": (train_final,),
-    "sputter": (sputter,),
+    "sputter": (sputter, repair),
     "report": (report,),
 }
 
@@ -100,6 +100,17 @@ def status(project: Project) -> dict[str, Any]:
         out["sputter"] = "; ".join(parts) + " trajectories"
     else:
         out["sputter"] = "to do"
+    repairs = [c for c in campaigns(project) if c["production"].refine_on_flags]
+    if repairs:
+        rounds = max(c["production"].repair_rounds for c in repairs)
+        recs = [project.stage_record(f"repair-{k}") for k in range(1, rounds + 1)]
+        done = [rec for rec in recs if rec is not None]
+        stopped = [rec["stopped"] for rec in done if "stopped" in rec]
+        out["repair"] = (
+            f"done ({len(done) - 1} rounds; then {stopped[0]})"
+            if stopped
+            else f"{len(done)} of at most {rounds} rounds done"
+        )
     out["report"] = "written" if (project.dir / "report.html").exists() else "to do"
     if project.data_db.exists():
         with project.store() as store:

@@ -413,6 +413,50 @@ def write_html(
             ("unflagged", "unflagged, fate differs"),
         ]
         parts.append(_table(rows, cols))
+    repairs = summary.get("repairs", [])
+    if repairs:
+        parts.append(
+            "<h3>Repair on flags</h3><p class='note'>Flagged trajectories re-run on their own "
+            "seeds with a model retrained on their frames (yields of those seeds only; the "
+            "campaign's yields above are the final model's). Same fate as reference: seeds "
+            "the reference check also ran.</p>"
+        )
+        rows = []
+        for rec in repairs:
+            if "stopped" in rec:
+                parts.append(f"<p>Round {rec['round']}: {rec['stopped']}.</p>")
+                continue
+            for e in rec["energies"]:
+                ref = (
+                    f"{e['same_fate_as_reference_before']} → {e['same_fate_as_reference_after']}"
+                    f" of {e['reference_paired']}"
+                    if "reference_paired" in e
+                    else "—"
+                )
+                rows.append(
+                    {
+                        "round": rec["round"],
+                        "model": rec["model"],
+                        "frames": rec["frames_labelled"],
+                        "campaign": e["campaign"],
+                        "energy_eV": e["energy_eV"],
+                        "flagged": f"{e['flagged_before']} → {e['flagged_after']} of {e['rerun']}",
+                        "yield": f"{e['yield_before']:.3f} → {e['yield_after']:.3f}",
+                        "reference": ref,
+                    }
+                )
+        cols = [
+            ("round", "round"),
+            ("model", "model"),
+            ("frames", "frames labelled"),
+            ("campaign", "campaign"),
+            ("energy_eV", "E (eV)"),
+            ("flagged", "flagged, before → after"),
+            ("yield", "yield of these seeds"),
+            ("reference", "same fate as reference"),
+        ]
+        if rows:
+            parts.append(_table(rows, cols))
     fits = summary.get("eckstein_fits", [])
     if fits:
         parts.append("<h3>Eckstein fits</h3>" + _table(fits, [(k, k) for k in fits[0]]))

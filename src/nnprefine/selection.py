@@ -30,7 +30,7 @@ import numpy as np
 
 from nnprefine.errors import ConfigError
 
-__all__ = ["Selection", "SelectionSettings", "select_frames"]
+__all__ = ["Selection", "SelectionSettings", "select_frames", "spread_over_trajectories"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,34 @@ def select_frames(
         candidates=candidates,
         adaptive=adaptive,
     )
+
+
+def spread_over_trajectories(
+    trajectory: np.ndarray | list[Any], score: np.ndarray | list[float], cap: int
+) -> np.ndarray:
+    """Indices of at most ``cap`` frames, spread over trajectories: round by round, each
+    trajectory gives its best remaining frame (largest ``score``), trajectories with the
+    larger best score first. Every trajectory is represented before any gives a second
+    frame, so a single wild trajectory cannot take the whole budget. NaN scores rank first.
+
+    trajectory: (n,) keys; score: (n,) larger = more wanted; returns sorted indices.
+    """
+    if cap < 0:
+        raise ConfigError(f"cap must be ≥ 0, got {cap}")
+    keys = list(trajectory)
+    s = np.asarray(score, dtype=float)
+    if len(keys) != len(s):
+        raise ValueError(f"trajectory ({len(keys)}) and score ({len(s)}) differ in length")
+    s = np.where(np.isnan(s), np.inf, s)
+    queues: dict[Any, list[int]] = {}
+    for i in sorted(range(len(s)), key=lambda i: -s[i]):
+        queues.setdefault(keys[i], []).append(i)
+    order = list(queues.values())  # trajectories by their best frame, best first
+    taken: list[int] = []
+    depth = 0
+    while len(taken) < cap and any(len(q) > depth for q in order):
+        for q in order:
+            if len(q) > depth and len(taken) < cap:
+                taken.append(q[depth])
+        depth += 1
+    return np.array(sorted(taken), dtype=int)

@@ -24,7 +24,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
@@ -80,6 +80,7 @@ _COLUMNS = {
     "flagged": "INTEGER",
     "driver": "TEXT",
     "driver_fingerprint": "TEXT",
+    "model": "TEXT",
     "code_version": "TEXT",
     "settings_json": "TEXT",
     "created_unix": "REAL",
@@ -419,6 +420,8 @@ def run_campaign(
     driver: str | None = None,
     seed_label: str | None = None,
     watch: tuple[Any, Any] | None = None,
+    indices: Mapping[float, Sequence[int]] | None = None,
+    model_name: str | None = None,
     quiet: bool = False,
 ) -> list[YieldEstimate]:
     """Run (or resume) a campaign of impacts; return the yield per energy.
@@ -440,6 +443,10 @@ def run_campaign(
     watch on every trajectory (``calc`` an NNPCalculator of the committee's member 0);
     rows get its columns (``flagged``, …) and ``flagged_frames`` the frames it kept. The
     watch only reads the dynamics, so it is not part of the campaign's recorded settings.
+    ``indices``: {energy: trajectory indices} to run exactly those (a re-run of chosen
+    seeds, e.g. the flagged ones with a repaired model) instead of 0 … n−1; the energies
+    are its keys and ``n_trajectories`` is not used. ``model_name`` goes into every row's
+    ``model`` column (which model of the project drove it).
     """
     settings = settings or ImpactSettings()
     settings.resolve_r_cut(calc)  # fail now, not in every task
@@ -452,6 +459,12 @@ def run_campaign(
             "sequential stopping needs target_error > 0 and n_max >= n_trajectories (the cap "
             f"on trajectories per energy); got target_error={target_error}, n_max={n_max}"
         )
+    if indices is not None:
+        if target_error is not None:
+            raise ConfigError("run_campaign: give indices or target_error, not both")
+        if any(int(i) < 0 for idx in indices.values() for i in idx):
+            raise ConfigError("run_campaign: trajectory indices must be ≥ 0")
+        energies_eV = list(indices)
     energies = [float(e) for e in energies_eV]
     executor = executor or InProcessExecutor()
     driver = driver or type(calc).__name__
@@ -493,6 +506,7 @@ def run_campaign(
                 kw = by_key[out.key]
                 if out.ok:
                     frames = out.value.pop("flagged_frames", [])
+                    out.value["model"] = model_name
                     stored += db.insert(out.value, frames)
                 else:
                     db.insert_failure(
@@ -501,7 +515,17 @@ def run_campaign(
                 bar.advance(f"{kw['energy_eV']:g} eV")
             return stored
 
-        if target_error is None:
+        if indices is not None:
+            plan = {}
+            for e, idx in indices.items():
+                done = db.done(surface, float(e))
+                plan[float(e)] = sorted({int(i) for i in idx} - done)
+            bar = _Progress(sum(map(len, plan.values())), quiet)
+            try:
+                run_batch(plan, bar)
+            finally:
+                bar.close()
+        elif target_error is None:
             plan = {e: _missing(db.done(surface, e), n_trajectories) for e in energies}
             plan = {e: [i for i in idx if i < n_trajectories] for e, idx in plan.items()}
             bar = _Progress(sum(map(len, plan.values())), quiet)

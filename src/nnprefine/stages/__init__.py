@@ -6,6 +6,7 @@
 ``training``       ``train``: committees on the store's frames; the final model
 ``refinement``     ``refine``: train → explore → select → label, repeated
 ``production``     ``sputter``: impact campaigns with the final model
+``repair``         ``sputter``, part two: flagged frames labelled, model retrained, re-runs
 ``report``         ``report``: summary.json, figures, report.html
 =================  ===========================================================
 
@@ -19,6 +20,7 @@ from nnprefine.stages.initial_data import init, initial_data, lattice, prepared_
 from nnprefine.stages.production import sputter
 from nnprefine.stages.project import Project
 from nnprefine.stages.refinement import refine, refine_iteration
+from nnprefine.stages.repair import repair
 from nnprefine.stages.report import report
 from nnprefine.stages.training import train_committee, train_final
 
@@ -30,6 +32,7 @@ __all__ = [
     "prepared_slab",
     "refine",
     "refine_iteration",
+    "repair",
     "report",
     "sputter",
     "train_committee",

@@ -17,7 +17,7 @@ from nnprefine.stages.initial_data import prepared_slab
 from nnprefine.stages.project import Project
 from nnprefine.stages.training import train_final
 
-__all__ = ["campaigns", "sputter", "watch_settings"]
+__all__ = ["campaign_slab", "campaigns", "sputter", "watch_settings"]
 
 
 def campaigns(project: Project) -> list[dict[str, Any]]:
@@ -102,6 +102,17 @@ def watch_settings(project: Project, prod: Any, model_dir: Path | None = None) -
     )
 
 
+def campaign_slab(project: Project, prod: Any, member: Any) -> Any:
+    """The relaxed, equilibrated slab of production section ``prod`` (prepared by the
+    reference, or by ``member`` of the final committee with ``production_slab_driver =
+    "model"``); every campaign and re-run of the section starts from it."""
+    from nnprefine.calculators import NNPCalculator
+
+    if project.config.structures.production_slab_driver == "model":
+        return prepared_slab(project, prod.slab, calc=NNPCalculator(member), tag="-model")
+    return prepared_slab(project, prod.slab)
+
+
 def sputter(project: Project) -> dict[str, Any]:
     """Production campaigns with member 1 of the final committee, and reference checks.
 
@@ -118,10 +129,7 @@ def sputter(project: Project) -> dict[str, Any]:
     estimates = {}
     for c in campaigns(project):
         prod = c["production"]
-        if cfg.structures.production_slab_driver == "model":
-            slab = prepared_slab(project, prod.slab, calc=NNPCalculator(member), tag="-model")
-        else:
-            slab = prepared_slab(project, prod.slab)
+        slab = campaign_slab(project, prod, member)
         model_driven = c["driver"] == "model"
         calc = NNPCalculator(member) if model_driven else cached_reference(cfg.reference.spec())
         # both drivers classify with the model's range, so the reference check pairs with
@@ -152,6 +160,7 @@ def sputter(project: Project) -> dict[str, Any]:
                 target_error=prod.target_error if model_driven else None,
                 n_max=prod.max_trajectories_per_energy if model_driven else None,
                 watch=watch,
+                model_name="final" if model_driven else None,
             )
         for est in estimates[c["label"]]:
             project.say(

@@ -34,7 +34,7 @@ from nnprefine.stages.validation import (
 )
 from nnprefine.trajectories import explore_trajectory, frame_atoms, gather_explorations
 
-__all__ = ["refine", "refine_iteration"]
+__all__ = ["label_frames", "refine", "refine_iteration"]
 
 
 def _explore(project: Project, k: int, committee: Any, slab: Atoms) -> dict[str, Any]:
@@ -65,10 +65,13 @@ def _explore(project: Project, k: int, committee: Any, slab: Atoms) -> dict[str,
     return gather_explorations(list(out_dir.glob("explore-*.npz")))
 
 
-def _label_selected(
-    project: Project, k: int, frames: list[Atoms], provenance: list[dict]
+def label_frames(
+    project: Project, k: int, frames: list[Atoms], provenance: list[dict], origin: str = "refine"
 ) -> tuple[int, int]:
-    """Label ``frames`` with the reference, store them as iteration k; returns (labelled, failed)."""
+    """Label ``frames`` with the reference, store each as it arrives as iteration k of
+    ``origin`` (a failed label is quarantined); frames already in the store are counted,
+    not labelled again. ``provenance[i]``: ``trajectory``, ``time_fs``, ``selection``.
+    Returns (labelled, failed)."""
     ref = project.config.reference.spec()
     labelled = failed = 0
     with project.store() as store:
@@ -81,7 +84,7 @@ def _label_selected(
                 failed += 1
             else:
                 tasks.append((f"label-{i:05d}", dict(atoms=atoms)))
-        project.say(f"iteration {k}: labelling {len(tasks)} frames with the reference")
+        project.say(f"iteration {k} ({origin}): labelling {len(tasks)} frames with the reference")
         by_key = dict(tasks)
         with project.executor() as executor:
             for n_done, out in enumerate(executor.run(label_frame, tasks, dict(reference=ref)), 1):
@@ -93,7 +96,7 @@ def _label_selected(
                     )
                     store.add(
                         out.value,
-                        origin="refine",
+                        origin=origin,
                         iteration=k,
                         reference=ref,
                         selection=prov["selection"],
@@ -105,7 +108,7 @@ def _label_selected(
                     store.quarantine(
                         by_key[out.key]["atoms"],
                         out.error,
-                        origin="refine",
+                        origin=origin,
                         iteration=k,
                         reference=ref,
                         trajectory=prov["trajectory"],
@@ -197,7 +200,7 @@ def refine_iteration(project: Project, k: int, slab: Atoms, surface: str) -> dic
         for i in sel.selected
     ]
     t0 = time.perf_counter()
-    labelled, failed = _label_selected(project, k, frames, provenance)
+    labelled, failed = label_frames(project, k, frames, provenance)
     t_label = time.perf_counter() - t0
     summary = {
         "iteration": k,

@@ -257,6 +257,25 @@ def summary(project: Project) -> dict[str, Any]:
     if project.results_db.exists():
         out["yields"], out["eckstein_fits"] = _yield_rows(project)
         out["comparisons"] = _comparison_rows(project)
+        repairs = _repair_rounds(project)
+        if repairs:
+            out["repairs"] = repairs
+    return out
+
+
+def _repair_rounds(project: Project) -> list[dict[str, Any]]:
+    """The recorded repair rounds (:mod:`nnprefine.stages.repair`), the last one possibly
+    only the reason the repair stopped (``stopped``)."""
+    sections = [c["production"] for c in campaigns(project) if c["production"].refine_on_flags]
+    rounds = max((p.repair_rounds for p in sections), default=0)
+    out = []
+    for r in range(1, rounds + 1):
+        rec = project.stage_record(f"repair-{r}")
+        if rec is None:
+            break
+        out.append({k: v for k, v in rec.items() if k not in ("stage", "data_db")})
+        if "stopped" in rec:
+            break
     return out
 
 
