@@ -15,6 +15,7 @@ from typing import Any
 from nnprefine import __version__
 from nnprefine.stages import Project, init, refine, repair, report, sputter, train_final
 from nnprefine.stages.production import campaigns, settings_differ
+from nnprefine.stages.repair import repair_records
 from nnprefine.stages.validation import validation_data
 
 __all__ = ["STAGES", "run", "run_stage", "status"]
@@ -100,16 +101,13 @@ def status(project: Project) -> dict[str, Any]:
         out["sputter"] = "; ".join(parts) + " trajectories"
     else:
         out["sputter"] = "to do"
-    repairs = [c for c in campaigns(project) if c["production"].refine_on_flags]
-    if repairs:
-        rounds = max(c["production"].repair_rounds for c in repairs)
-        recs = [project.stage_record(f"repair-{k}") for k in range(1, rounds + 1)]
-        done = [rec for rec in recs if rec is not None]
+    if any(p.refine_on_flags for p in cfg.production):
+        done = repair_records(project)
         stopped = [rec["stopped"] for rec in done if "stopped" in rec]
         out["repair"] = (
             f"done ({len(done) - 1} rounds; then {stopped[0]})"
             if stopped
-            else f"{len(done)} of at most {rounds} rounds done"
+            else f"{len(done)} rounds done"
         )
     out["report"] = "written" if (project.dir / "report.html").exists() else "to do"
     if project.data_db.exists():

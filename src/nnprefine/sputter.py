@@ -515,19 +515,15 @@ def run_campaign(
                 bar.advance(f"{kw['energy_eV']:g} eV")
             return stored
 
-        if indices is not None:
-            plan = {}
-            for e, idx in indices.items():
-                done = db.done(surface, float(e))
-                plan[float(e)] = sorted({int(i) for i in idx} - done)
-            bar = _Progress(sum(map(len, plan.values())), quiet)
-            try:
-                run_batch(plan, bar)
-            finally:
-                bar.close()
-        elif target_error is None:
-            plan = {e: _missing(db.done(surface, e), n_trajectories) for e in energies}
-            plan = {e: [i for i in idx if i < n_trajectories] for e, idx in plan.items()}
+        if target_error is None:
+            if indices is not None:
+                plan = {
+                    float(e): sorted({int(i) for i in idx} - db.done(surface, float(e)))
+                    for e, idx in indices.items()
+                }
+            else:
+                plan = {e: _missing(db.done(surface, e), n_trajectories) for e in energies}
+                plan = {e: [i for i in idx if i < n_trajectories] for e, idx in plan.items()}
             bar = _Progress(sum(map(len, plan.values())), quiet)
             try:
                 run_batch(plan, bar)

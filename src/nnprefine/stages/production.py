@@ -17,7 +17,7 @@ from nnprefine.stages.initial_data import prepared_slab
 from nnprefine.stages.project import Project
 from nnprefine.stages.training import train_final
 
-__all__ = ["campaign_slab", "campaigns", "sputter", "watch_settings"]
+__all__ = ["campaign_slab", "campaigns", "sputter", "unique_campaigns", "watch_settings"]
 
 
 def campaigns(project: Project) -> list[dict[str, Any]]:
@@ -56,6 +56,16 @@ def campaigns(project: Project) -> list[dict[str, Any]]:
                     }
                 )
     return out
+
+
+def unique_campaigns(project: Project, driver: str | None = None) -> list[dict[str, Any]]:
+    """:func:`campaigns` (of ``driver`` only, when given), each label once: sections that
+    share a label pool their trajectories."""
+    first: dict[str, dict[str, Any]] = {}
+    for c in campaigns(project):
+        if driver is None or c["driver"] == driver:
+            first.setdefault(c["label"], c)
+    return list(first.values())
 
 
 def settings_differ(project: Project, db: Any, c: dict[str, Any]) -> list[str]:

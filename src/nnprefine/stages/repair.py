@@ -32,12 +32,12 @@ from typing import Any
 
 from nnprefine.comparison import paired, same_fate
 from nnprefine.selection import spread_over_trajectories
-from nnprefine.stages.production import campaign_slab, campaigns, watch_settings
+from nnprefine.stages.production import campaign_slab, unique_campaigns, watch_settings
 from nnprefine.stages.project import Project
 from nnprefine.stages.refinement import label_frames
 from nnprefine.stages.training import train_committee
 
-__all__ = ["repair", "repair_label"]
+__all__ = ["repair", "repair_label", "repair_records"]
 
 
 def repair_label(label: str, r: int) -> str:
@@ -111,13 +111,23 @@ def _round_rows(
     return out
 
 
-def campaigns_of(project: Project, driver: str) -> list[dict[str, Any]]:
-    """The campaigns of ``driver``, each label once."""
-    first: dict[str, dict[str, Any]] = {}
-    for c in campaigns(project):
-        if c["driver"] == driver:
-            first.setdefault(c["label"], c)
-    return list(first.values())
+def repair_records(project: Project) -> list[dict[str, Any]]:
+    """The recorded rounds (``stages/repair-<r>.json``, without their bookkeeping keys), in
+    order; the last may hold only ``round`` and ``stopped`` (why the repair ended)."""
+    rounds = max(
+        (c["production"].repair_rounds for c in unique_campaigns(project, "model")
+         if c["production"].refine_on_flags),
+        default=0,
+    )  # fmt: skip
+    out = []
+    for r in range(1, rounds + 1):
+        rec = project.stage_record(f"repair-{r}")
+        if rec is None:
+            break
+        out.append({k: v for k, v in rec.items() if k not in ("stage", "data_db")})
+        if "stopped" in rec:
+            break
+    return out
 
 
 def repair(project: Project) -> dict[str, Any]:
@@ -128,10 +138,10 @@ def repair(project: Project) -> dict[str, Any]:
     from nnprefine.sputter import ResultsDB, run_campaign
     from nnprefine.stages.validation import say_validation, validate, validation_set_is_empty
 
-    sections = [c for c in campaigns_of(project, "model") if c["production"].refine_on_flags]
+    sections = [c for c in unique_campaigns(project, "model") if c["production"].refine_on_flags]
     if not sections:
         return {"rounds": []}
-    reference_of = {x["seed_label"]: x["label"] for x in campaigns_of(project, "reference")}
+    reference_of = {x["seed_label"]: x["label"] for x in unique_campaigns(project, "reference")}
     refine_rec = project.stage_record("refine")
     k0 = len(refine_rec["iterations"]) if refine_rec else 0
     final_member = Committee.load(project.model_dir("final")).members[0]
@@ -217,7 +227,7 @@ def repair(project: Project) -> dict[str, Any]:
                     settings=dataclasses.replace(prod.impact, r_cut_A=member.r_cut_A),
                     executor=executor,
                     driver="model",
-                    watch=None if ws is None else (committee, ws),
+                    watch=(committee, ws),  # refine_on_flags implies a watch (config)
                     indices=todo[c["label"]],
                     model_name=name,
                 )

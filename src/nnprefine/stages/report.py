@@ -12,18 +12,11 @@ import numpy as np
 
 from nnprefine import __version__
 from nnprefine.errors import ConfigError
-from nnprefine.stages.production import campaigns, settings_differ
+from nnprefine.stages.production import settings_differ, unique_campaigns
 from nnprefine.stages.project import Project
+from nnprefine.stages.repair import repair_records
 
 __all__ = ["report", "summary"]
-
-
-def _unique_campaigns(project: Project) -> list[dict[str, Any]]:
-    """The campaigns, each label once (sections that share a label pool their trajectories)."""
-    first: dict[str, dict[str, Any]] = {}
-    for c in campaigns(project):
-        first.setdefault(c["label"], c)
-    return list(first.values())
 
 
 def _estimates(project: Project, db: Any, c: dict[str, Any]) -> list[Any]:
@@ -83,7 +76,7 @@ def _comparison_rows(project: Project) -> list[dict[str, Any]]:
     from nnprefine.sputter import ResultsDB
 
     by_seed_label: dict[str, dict[str, dict[str, Any]]] = {}
-    for c in _unique_campaigns(project):
+    for c in unique_campaigns(project):
         by_seed_label.setdefault(c["seed_label"], {})[c["driver"]] = c
     out = []
     with ResultsDB(project.results_db) as db:
@@ -115,7 +108,7 @@ def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, 
 
     rows, fits = [], []
     with ResultsDB(project.results_db) as db:
-        for c in _unique_campaigns(project):
+        for c in unique_campaigns(project):
             surface = c["production"].slab.label
             ests = _estimates(project, db, c)
             for e in ests:
@@ -175,7 +168,7 @@ def _yield_plot(project: Project, path: Path) -> Any:
 
     series = []
     with ResultsDB(project.results_db) as db:
-        for c in _unique_campaigns(project):
+        for c in unique_campaigns(project):
             if c["driver"] != "model":
                 continue
             ests = _estimates(project, db, c)
@@ -257,25 +250,9 @@ def summary(project: Project) -> dict[str, Any]:
     if project.results_db.exists():
         out["yields"], out["eckstein_fits"] = _yield_rows(project)
         out["comparisons"] = _comparison_rows(project)
-        repairs = _repair_rounds(project)
+        repairs = repair_records(project)
         if repairs:
             out["repairs"] = repairs
-    return out
-
-
-def _repair_rounds(project: Project) -> list[dict[str, Any]]:
-    """The recorded repair rounds (:mod:`nnprefine.stages.repair`), the last one possibly
-    only the reason the repair stopped (``stopped``)."""
-    sections = [c["production"] for c in campaigns(project) if c["production"].refine_on_flags]
-    rounds = max((p.repair_rounds for p in sections), default=0)
-    out = []
-    for r in range(1, rounds + 1):
-        rec = project.stage_record(f"repair-{r}")
-        if rec is None:
-            break
-        out.append({k: v for k, v in rec.items() if k not in ("stage", "data_db")})
-        if "stopped" in rec:
-            break
     return out
 
 
