@@ -55,6 +55,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             {"production": [{"refine_on_flags": True, "repair_frames": 0}]},
             r"production\[0\].repair_frames = 0",
         ),
+        (
+            {"production": [{"transfer_trajectories": 5}]},
+            r"production\[0\].transfer_trajectories = 5 .* refine.second_surface_slab",
+        ),
         ({"project": {"element": "Xx"}}, r"project.element"),
         (
             {"initial_data": {"slab": {"size": [2, 2, 6]}}},

@@ -496,3 +496,95 @@ def test_refine_on_flags_labels_flagged_frames_retrains_and_reruns_the_same_seed
     assert (tmp_path / "calls.log").read_text() == calls
     with ResultsDB(out / "results.db") as db:
         assert len(db.rows()) == len(rows)
+
+
+def test_second_surface_round_compares_the_first_surface_model_with_the_final_one(
+    finished, tmp_path, capsys
+):
+    """The paper's NNP5 → NNP6: refinement's round on a second surface follows the first
+    surface's iterations; the committee that explored it first (trained on the first
+    surface only) drives transfer_trajectories on the final model's seeds on both
+    surfaces; both models are scored on the second surface's validation frames, and the
+    report shows them side by side. A second run changes nothing."""
+    shutil.copytree(finished / "out", tmp_path / "out")
+    out = tmp_path / "out"
+    (out / "results.db").unlink()
+    for stage in ("refine", "final_model", "validation_data"):
+        (out / "stages" / f"{stage}.json").unlink()
+    shutil.rmtree(out / "models" / "final")
+    shutil.copy(finished / "calls.log", tmp_path / "calls.log")
+    text = (finished / "tiny.toml").read_text().replace(str(finished), str(tmp_path))
+    second = 'slab = { surface = "01-10", size = [2, 4, 4], vacuum_A = 5.0 }'
+    text = text.replace(
+        "adaptive_count = 4\n",
+        f"adaptive_count = 4\nsecond_surface_{second}\nsecond_surface_iterations = 1\n",
+    )
+    text = text.replace(
+        "reference_trajectories = 1", "reference_trajectories = 1\ntransfer_trajectories = 1"
+    )
+    text = text.replace(
+        "[executor]",
+        f"[[production]]\n{second}\nenergies_eV = [300.0]\ntrajectories_per_energy = 2\n"
+        "timestep_fs = 0.5\nduration_fs = 8.0\nextension_fs = 4.0\nmax_extensions = 1\n"
+        "transfer_trajectories = 2\n\n[executor]",
+    )
+    config = tmp_path / "tiny.toml"
+    config.write_text(text)
+    assert main(["run", str(config)]) == 0
+    refine_rec = json.loads((out / "stages" / "refine.json").read_text())
+    surfaces = [it["surface"] for it in refine_rec["iterations"]]
+    assert surfaces == ["Be(0001)-3x3x3", "Be(0001)-3x3x3", "Be(01-10)-2x4x4"]
+    # the first-surface model saw only the first surface's frames (iterations 0–2)
+    with closing(sqlite3.connect(out / "data.db")) as con, con:
+        n_first = con.execute(
+            "SELECT COUNT(*) FROM frames WHERE iteration <= 2 AND split = 'train'"
+        ).fetchone()[0]
+        n_all = con.execute("SELECT COUNT(*) FROM frames WHERE split = 'train'").fetchone()[0]
+    first_rec = json.loads((out / "stages" / "train-iter-003.json").read_text())
+    final_rec = json.loads((out / "stages" / "train-final.json").read_text())
+    assert first_rec["train_frames"] == n_first < final_rec["train_frames"] == n_all
+    with ResultsDB(out / "results.db") as db:
+        rows = db.rows()
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(r["surface"], []).append(r)
+    for label, n in (("Be(0001)-3x3x3/model", 1), ("Be(01-10)-2x4x4/model", 2)):
+        first = by_label[f"{label}/first-surface"]
+        assert {r["model"] for r in first} == {"iter-003"}
+        assert {r["model"] for r in by_label[label]} == {"final"}
+        seeds = {(r["energy_eV"], r["idx"]): r["seed"] for r in by_label[label]}
+        assert len(first) == n * len({r["energy_eV"] for r in by_label[label]})
+        assert all(seeds[(r["energy_eV"], r["idx"])] == r["seed"] for r in first)
+    scores = {
+        name: json.loads((out / "models" / name / "validation.json").read_text())
+        for name in ("iter-003", "final")
+    }
+    assert all(s["groups"]["second_surface"]["frames"] == 3 for s in scores.values())
+    summary = json.loads((out / "summary.json").read_text())
+    transfer = summary["transfer"]
+    assert transfer["first_surface_model"] == "iter-003"
+    assert (
+        transfer["validation"]["first_surface_model"]["second_surface"]
+        == (scores["iter-003"]["groups"]["second_surface"])
+    )
+    got = {(y["surface"], y["energy_eV"], y["n_paired"]) for y in transfer["yields"]}
+    assert got == {
+        ("Be(0001)-3x3x3", 100.0, 1),
+        ("Be(0001)-3x3x3", 300.0, 1),
+        ("Be(01-10)-2x4x4", 300.0, 2),
+    }
+    [with_ref] = [
+        y for y in transfer["yields"] if y["energy_eV"] == 300.0 and "0001" in y["surface"]
+    ]
+    assert with_ref["first_surface_model"]["paired"] == 1
+    # the campaign's yields stay the final model's
+    assert {(y["surface"], y["driver"], y["trajectories"]) for y in summary["yields"]} >= {
+        ("Be(01-10)-2x4x4", "model", 2)
+    }
+    assert "Transferability" in (out / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["status", str(config)]) == 0
+    assert "model iter-003" in capsys.readouterr().out
+    calls = (tmp_path / "calls.log").read_text()
+    assert main(["run", str(config)]) == 0
+    assert (tmp_path / "calls.log").read_text() == calls

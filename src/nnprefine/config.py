@@ -467,8 +467,9 @@ class ValidationConfig:
     Reference-driven frames with their own seeds: impacts on the initial-data slab (the
     initial-data protocol, snapshots to ``impact_duration_fs``), the same slab heated to
     ``hot_temperatures_K``, the relaxed production slab, and hcp bulk at ``bulk_strains``
-    (isotropic, relative to the reference lattice). The ``target_*`` keys are the accuracy
-    the final model's verdict holds it to.
+    (isotropic, relative to the reference lattice); with ``refine.second_surface_slab``,
+    that slab relaxed and hot (the transferability check). The ``target_*`` keys are the
+    accuracy the final model's verdict holds it to.
     """
 
     impact_energies_eV: tuple[float, ...] = (20.0, 35.0, 50.0, 75.0, 100.0)
@@ -480,6 +481,9 @@ class ValidationConfig:
     hot_duration_fs: float = 200.0
     production_slab: bool = True
     bulk_strains: tuple[float, ...] = (-0.02, -0.01, 0.0, 0.01, 0.02)
+    #: with refine.second_surface_slab: that slab relaxed, and heated to each of
+    #: hot_temperatures_K for this many snapshots (group ``second_surface``)
+    second_surface_snapshots_per_temperature: int = 2
     target_energy_rmse_meV_per_atom: float = 5.0
     target_force_rmse_meV_per_A: float = 150.0
     target_bulk_energy_meV_per_atom: float = 5.0
@@ -496,12 +500,8 @@ class ValidationConfig:
         _check_hot_and_bulk(self, key)
         for name in ("impact_runs_per_energy", "impact_snapshots_per_run"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
-        _check(
-            self.hot_snapshots_per_temperature >= 0,
-            f"{key}.hot_snapshots_per_temperature",
-            "zero or more",
-            self.hot_snapshots_per_temperature,
-        )
+        for name in ("hot_snapshots_per_temperature", "second_surface_snapshots_per_temperature"):
+            _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
         for name in ("impact_duration_fs", "hot_duration_fs"):
             _check(
                 getattr(self, name) > 0,
@@ -674,6 +674,11 @@ class ProductionConfig:
     refine_on_flags: bool = False
     repair_rounds: int = 1
     repair_frames: int = 30
+    #: the paper's NNP5 -> NNP6 comparison (stage ``transfer``, :mod:`nnprefine.stages.
+    #: transfer`): this many trajectories per energy also driven by the committee trained
+    #: before refine's second-surface iterations, on the final model's seeds (label
+    #: ``<slab>/model/first-surface``); needs refine.second_surface_slab
+    transfer_trajectories: int = 0
     #: how each impact runs: every field of :class:`nnprefine.impact.ImpactSettings`
     #: flat in ``[[production]]`` (``timestep_fs``, ``duration_fs``, ``extension_fs``,
     #: ``max_extensions``, ``adaptive`` (a table; absent: the fixed step), ``early_stop``
@@ -710,7 +715,12 @@ class ProductionConfig:
             "positive energies",
             list(self.reference_energies_eV),
         )
-        for name in ("trajectories_per_energy", "reference_trajectories", "watch_frames"):
+        for name in (
+            "trajectories_per_energy",
+            "reference_trajectories",
+            "watch_frames",
+            "transfer_trajectories",
+        ):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "zero or more", getattr(self, name))
         _check(
             isinstance(self.watch_interval, int) and self.watch_interval >= 0,
@@ -816,6 +826,19 @@ class Config:
             elif hasattr(value, "validate"):
                 value.validate(f.name)
         self._check_cutoff_fits_slabs()
+        for i, p in enumerate(self.production):
+            _check(
+                p.transfer_trajectories == 0
+                or (
+                    self.refine.second_surface_slab is not None
+                    and self.refine.second_surface_iterations >= 1
+                ),
+                f"production[{i}].transfer_trajectories",
+                "0 without a second surface (the comparison drives the committee trained "
+                "before refine.second_surface_slab's iterations; set that slab and "
+                "refine.second_surface_iterations ≥ 1, or drop the key)",
+                p.transfer_trajectories,
+            )
         if self.structures.production_slab_driver == "model":
             _check(
                 self.initial_data.production_slab_snapshots == 0,

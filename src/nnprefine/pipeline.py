@@ -1,4 +1,4 @@
-"""The main job, stage by stage: init → refine → train → sputter (and repair) → report.
+"""The main job, stage by stage: init → refine → train → sputter (transfer, repair) → report.
 
 Each stage (in :mod:`nnprefine.stages`) takes a :class:`~nnprefine.stages.Project`,
 skips what is already done and records its result; :func:`run` calls them in order, so
@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from nnprefine import __version__
-from nnprefine.stages import Project, init, refine, repair, report, sputter, train_final
-from nnprefine.stages.production import campaigns, settings_differ
+from nnprefine.stages import Project, init, refine, repair, report, sputter, train_final, transfer
+from nnprefine.stages.production import campaigns, settings_differ, unique_campaigns
 from nnprefine.stages.repair import repair_records
+from nnprefine.stages.transfer import first_surface_model, transfer_label
 from nnprefine.stages.validation import validation_data
 
 __all__ = ["STAGES", "run", "run_stage", "status"]
@@ -25,7 +26,7 @@ STAGES: dict[str, tuple[Callable[[Project], Any], ...]] = {
     "init": (init, validation_data),
     "refine": (refine,),
     "train": (train_final,),
-    "sputter": (sputter, repair),
+    "sputter": (sputter, transfer, repair),
     "report": (report,),
 }
 
@@ -101,6 +102,22 @@ def status(project: Project) -> dict[str, Any]:
         out["sputter"] = "; ".join(parts) + " trajectories"
     else:
         out["sputter"] = "to do"
+    if any(p.transfer_trajectories for p in cfg.production):
+        name = first_surface_model(project)
+        parts = []
+        if name is not None and project.results_db.exists():
+            from nnprefine.sputter import ResultsDB
+
+            with ResultsDB(project.results_db) as db:
+                for c in unique_campaigns(project, "model"):
+                    n = c["production"].transfer_trajectories
+                    if n:
+                        label = transfer_label(c["label"])
+                        done = sum(min(len(db.done(label, e)), n) for e in c["energies_eV"])
+                        parts.append(f"{label} {done}/{n * len(c['energies_eV'])}")
+        out["transfer"] = (
+            f"model {name}: " + "; ".join(parts) if parts else "to do (after refine and sputter)"
+        )
     if any(p.refine_on_flags for p in cfg.production):
         done = repair_records(project)
         stopped = [rec["stopped"] for rec in done if "stopped" in rec]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,84 @@ img { max-width: 100%; margin: 0.5em 0; }
 """
 
 
+def _transfer_html(transfer: Mapping[str, Any]) -> str:
+    """The paper's NNP5 → NNP6 section: both models' validation per group, exploration,
+    and their yields on the same seeds of each surface."""
+    first, second = transfer["first_surface_model"], transfer["second_surface"]
+    parts = [
+        f"<h3>Transferability: the first-surface model '{first}' and the final model "
+        f"(the paper's NNP5 → NNP6, second surface {html.escape(second)})</h3>"
+        f"<p class='note'>'{first}' was trained on the first surface's frames only, before "
+        "any exploration of the second surface; the final model also saw the frames "
+        "selected there. The second_surface validation group is frames neither was trained "
+        "on.</p>"
+    ]
+    v = transfer["validation"]
+    groups = [g for g in (v.get("final") or v.get("first_surface_model") or {})]
+    rows = []
+    for g in groups:
+        a = (v.get("first_surface_model") or {}).get(g, {})
+        b = (v.get("final") or {}).get(g, {})
+        rows.append(
+            {
+                "group": g,
+                "e": f"{a.get('energy_rmse_meV_per_atom', math.nan):.2f} → "
+                f"{b.get('energy_rmse_meV_per_atom', math.nan):.2f}",
+                "f": f"{a.get('force_rmse_meV_per_A', math.nan):.0f} → "
+                f"{b.get('force_rmse_meV_per_A', math.nan):.0f}",
+            }
+        )
+    cols = [("group", "validation group"), ("e", "E RMSE (meV/atom)"), ("f", "F RMSE (meV/Å)")]
+    parts.append(_table(rows, cols))
+    rows = [{"model": name, **it} for name, it in transfer["exploration"].items()]
+    parts.append(
+        _table(
+            rows,
+            [
+                ("model", "committee"),
+                ("surface", "explored surface"),
+                ("fraction_over_threshold", "exploration frames over threshold"),
+            ],
+        )
+    )
+    rows = []
+    for y in transfer["yields"]:
+        a, b = y["first_surface_model"], y["final_model"]
+        row = {
+            "surface": y["surface"],
+            "energy_eV": y["energy_eV"],
+            "first": f"{a['yield']:.3f} ± {a['error_2sigma']:.3f}",
+            "final": f"{b['yield']:.3f} ± {b['error_2sigma']:.3f}",
+            "n": y["n_paired"],
+            "z": y["z"],
+            "fisher_p": y["fisher_p"],
+            "same_fate": y["same_fate"],
+            "flagged": f"{_fraction(a['flagged_fraction'])} → {_fraction(b['flagged_fraction'])}",
+            "reference": (
+                f"{a['same_fate']} / {b['same_fate']} of {a['paired']}" if "paired" in a else "—"
+            ),
+        }
+        rows.append(row)
+    cols = [
+        ("surface", "surface"),
+        ("energy_eV", "E (eV)"),
+        ("first", f"yield, {first}"),
+        ("final", "yield, final"),
+        ("n", "same seeds"),
+        ("z", "z"),
+        ("fisher_p", "Fisher p"),
+        ("same_fate", "same fate"),
+        ("flagged", "flagged by the watch"),
+        ("reference", "same fate as reference"),
+    ]
+    parts.append(_table(rows, cols))
+    return "\n".join(parts)
+
+
+def _fraction(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0%}"
+
+
 def write_html(
     path: Path, summary: Mapping[str, Any], figures: Mapping[str, Path | Sequence[Path]]
 ) -> Path:
@@ -457,6 +536,9 @@ def write_html(
         ]
         if rows:
             parts.append(_table(rows, cols))
+    transfer = summary.get("transfer")
+    if transfer:
+        parts.append(_transfer_html(transfer))
     fits = summary.get("eckstein_fits", [])
     if fits:
         parts.append("<h3>Eckstein fits</h3>" + _table(fits, [(k, k) for k in fits[0]]))

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: validation groups, in report order
-GROUPS = ("impact", "hot_slab", "production_slab", "bulk")
+GROUPS = ("impact", "hot_slab", "production_slab", "bulk", "second_surface")
 
 
 def group_of(atoms: Atoms) -> str:

@@ -6,7 +6,8 @@
 ``training``       ``train``: committees on the store's frames; the final model
 ``refinement``     ``refine``: train → explore → select → label, repeated
 ``production``     ``sputter``: impact campaigns with the final model
-``repair``         ``sputter``, part two: flagged frames labelled, model retrained, re-runs
+``transfer``       ``sputter``, part two: the first-surface model on the final one's seeds
+``repair``         ``sputter``, part three: flagged frames labelled, model retrained, re-runs
 ``report``         ``report``: summary.json, figures, report.html
 =================  ===========================================================
 
@@ -23,6 +24,7 @@ from nnprefine.stages.refinement import refine, refine_iteration
 from nnprefine.stages.repair import repair
 from nnprefine.stages.report import report
 from nnprefine.stages.training import train_committee, train_final
+from nnprefine.stages.transfer import transfer
 
 __all__ = [
     "Project",
@@ -37,4 +39,5 @@ __all__ = [
     "sputter",
     "train_committee",
     "train_final",
+    "transfer",
 ]

@@ -15,6 +15,7 @@ from nnprefine.errors import ConfigError
 from nnprefine.stages.production import settings_differ, unique_campaigns
 from nnprefine.stages.project import Project
 from nnprefine.stages.repair import repair_records
+from nnprefine.stages.transfer import transfer_summary
 
 __all__ = ["report", "summary"]
 
@@ -253,6 +254,12 @@ def summary(project: Project) -> dict[str, Any]:
         repairs = repair_records(project)
         if repairs:
             out["repairs"] = repairs
+        from nnprefine.sputter import ResultsDB
+
+        with ResultsDB(project.results_db) as db:
+            transfer = transfer_summary(project, db)
+        if transfer is not None and transfer["yields"]:
+            out["transfer"] = transfer
     return out
 
 

@@ -28,8 +28,8 @@ def _trajectory_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:
     slab = prepared_slab(project, project.config.initial_data.slab)
     tasks: list[tuple[str, dict[str, Any]]] = []
 
-    def add(key: str, **kw: Any) -> None:
-        tasks.append((key, dict(slab=slab, seed=project.seed("validation", key), **kw)))
+    def add(key: str, on: Any = slab, **kw: Any) -> None:
+        tasks.append((key, dict(slab=on, seed=project.seed("validation", key), **kw)))
 
     for energy in v.impact_energies_eV:
         for run in range(v.impact_runs_per_energy):
@@ -48,6 +48,18 @@ def _trajectory_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:
                 snapshots=v.hot_snapshots_per_temperature,
                 temperature_K=temperature,
             )
+    second = project.config.refine.second_surface_slab
+    if second is not None and v.second_surface_snapshots_per_temperature:
+        second_slab = prepared_slab(project, second)
+        for temperature in v.hot_temperatures_K:
+            add(
+                f"validation-second_surface-{temperature:g}K",
+                on=second_slab,
+                energy_eV=0.0,
+                duration_fs=v.hot_duration_fs,
+                snapshots=v.second_surface_snapshots_per_temperature,
+                temperature_K=temperature,
+            )
     return tasks
 
 
@@ -64,6 +76,10 @@ def _single_frames(project: Project) -> list[tuple[str, Any]]:
         else:
             slab_config = cfg.production[0].slab
             out.append(("validation-production_slab", prepared_slab(project, slab_config)))
+    if cfg.refine.second_surface_slab is not None:
+        out.append(
+            ("validation-second_surface", prepared_slab(project, cfg.refine.second_surface_slab))
+        )
     rec = lattice(project)
     for strain in cfg.validation.bulk_strains:
         bulk = hcp_bulk(
