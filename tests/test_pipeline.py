@@ -588,3 +588,62 @@ def test_second_surface_round_compares_the_first_surface_model_with_the_final_on
     calls = (tmp_path / "calls.log").read_text()
     assert main(["run", str(config)]) == 0
     assert (tmp_path / "calls.log").read_text() == calls
+
+
+def test_initial_model_from_n2p2_is_member_one_start_and_keeps_its_scaling(finished, tmp_path):
+    """[network] initial_model: an n2p2 set becomes member 1's start (its cutoff and layers
+    replace the config's), training continues it on its own scaling and offsets, and the
+    fresh member beside it trains on that scaling."""
+    from nnprefine.model import Committee
+    from nnprefine.n2p2 import read_n2p2, write_n2p2
+    from nnprefine.stages.training import new_committee, train_committee
+
+    shutil.copytree(finished / "out", tmp_path / "out")
+    start_dir = tmp_path / "start"
+    write_n2p2(Committee.load(finished / "out" / "models" / "final").members[0], start_dir)
+    text = (finished / "tiny.toml").read_text().replace(str(finished), str(tmp_path))
+    text = text.replace("r_cut_A = 4.0", "r_cut_A = 5.5").replace("hidden = [6]", "hidden = [9, 9]")
+    text = text.replace("[network]\n", '[network]\ninitial_model = "start"\n')
+    # a learning rate that cannot move the weights: the start must survive training intact
+    text = text.replace("learning_rate = 1e-2", "learning_rate = 1e-9").replace(
+        "epochs = 4", "epochs = 1"
+    )
+    config = tmp_path / "tiny.toml"
+    config.write_text(text)
+    cfg = load_config(config)
+    start = read_n2p2(start_dir)
+    assert cfg.descriptor.r_cut_A == start.r_cut_A == 4.0
+    assert cfg.network.hidden == start.hidden == (6,)
+    project = Project(cfg)
+    with project.store() as store:
+        frame = store.frames(split="validation")[0]
+    e_start = start.energy_forces(frame)[0]
+    committee = new_committee(project)
+    assert committee.members[0].energy_forces(frame)[0] == pytest.approx(e_start, abs=1e-9)
+    trained, _ = train_committee(project, "from-start")
+    m0, m1 = trained.members
+    assert m0.energy_forces(frame)[0] == pytest.approx(e_start, abs=1e-4 * len(frame))
+    assert m0.metadata["training"]["initial_model"] == str(start_dir)
+    for el in m0.elements:
+        assert np.array_equal(m1.input_affine()[el][0], m0.input_affine()[el][0])
+        assert np.array_equal(m0.input_affine()[el][0], start.input_affine()[el][0])
+    assert abs(m1.energy_forces(frame)[0] - e_start) > 1e-3  # a fresh network, not a copy
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: None, r"network.initial_model = 'start': .* is not a directory"),
+        (lambda d: d.mkdir(), r"network.initial_model = 'start': .* holds no model"),
+    ],
+)
+def test_initial_model_that_is_not_there_is_a_config_error(tmp_path, make, message):
+    from nnprefine.errors import ConfigError
+
+    make(tmp_path / "start")
+    config = write_tiny_config(tmp_path)
+    config.write_text(
+        config.read_text().replace("[network]\n", '[network]\ninitial_model = "start"\n')
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)

@@ -273,6 +273,20 @@ class NetworkConfig:
     zbl_baseline: bool = False
     zbl_inner_A: float = 1.0
     zbl_outer_A: float = 2.0
+    #: a trained potential to start from (relative to the config file): an nnprefine
+    #: committee or model directory, or an n2p2 set (input.nn, scaling.data,
+    #: weights.XXX.data). It is member 1's start, keeping its input scaling and energy
+    #: offsets; the other members are fresh networks of its architecture. Its descriptor
+    #: and layers become the project's (they replace [descriptor] r_cut_A and hidden /
+    #: activation here); a nnprefine model's ZBL baseline replaces the zbl_* keys, an
+    #: n2p2 set gets the baseline they describe
+    initial_model: str | None = None
+
+    def baseline(self) -> Any:
+        """The :class:`nnprefine.model.ZBLBaseline` these keys ask for, or None."""
+        from nnprefine.model import ZBLBaseline
+
+        return ZBLBaseline(self.zbl_inner_A, self.zbl_outer_A) if self.zbl_baseline else None
 
     def validate(self, key: str) -> None:
         _check(
@@ -810,6 +824,13 @@ class Config:
         out = Path(self.project.output_dir)
         return out if out.is_absolute() else (Path(self.base_dir) / out).resolve()
 
+    def initial_model_path(self) -> Path | None:
+        """``network.initial_model``, resolved against the config file's folder."""
+        if self.network.initial_model is None:
+            return None
+        p = Path(self.network.initial_model)
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
     def import_paths(self) -> list[Path]:
         """``initial_data.import_files``, resolved against the config file's folder."""
         return [
@@ -1051,13 +1072,56 @@ def _with_project_values(config: Config) -> Config:
     )
 
 
+def _with_initial_model(config: Config) -> Config:
+    """With ``network.initial_model``: its cutoff, layers and (for an nnprefine model) ZBL
+    baseline replace the config's, so every stage sees the model's; checked before any
+    expensive step."""
+    path = config.initial_model_path()
+    if path is None:
+        return config
+    from nnprefine.errors import ModelError
+    from nnprefine.n2p2 import read_model
+
+    net = config.network
+    if not path.is_dir():
+        raise ConfigError(
+            f"network.initial_model = {net.initial_model!r}: {path} is not a directory (paths "
+            "are relative to the config file's folder)"
+        )
+    try:
+        pot = read_model(path, baseline=net.baseline())
+    except ModelError as exc:
+        raise ConfigError(f"network.initial_model = {net.initial_model!r}: {exc}") from exc
+    _check(
+        config.project.element in pot.elements,
+        "network.initial_model",
+        f"a model covering project.element = {config.project.element!r} (it covers "
+        f"{', '.join(pot.elements)})",
+        net.initial_model,
+    )
+    zbl = (
+        {}
+        if (path / "input.nn").is_file() and not (path / "model.json").is_file()
+        else {
+            "zbl_baseline": pot.baseline is not None,
+            "zbl_inner_A": pot.baseline.r_inner_A if pot.baseline else net.zbl_inner_A,
+            "zbl_outer_A": pot.baseline.r_outer_A if pot.baseline else net.zbl_outer_A,
+        }
+    )
+    return dataclasses.replace(
+        config,
+        descriptor=dataclasses.replace(config.descriptor, r_cut_A=pot.r_cut_A),
+        network=dataclasses.replace(net, hidden=pot.hidden, activation=pot.activation, **zbl),
+    )
+
+
 def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Build and fully validate a :class:`Config` from parsed TOML data."""
     data = dict(data)
     if "production" in data and isinstance(data["production"], dict):
         data["production"] = [data["production"]]
-    config = _with_project_values(_build(Config, data, ""))
-    config = dataclasses.replace(config, base_dir=str(Path(base_dir).resolve()))
+    config = dataclasses.replace(_build(Config, data, ""), base_dir=str(Path(base_dir).resolve()))
+    config = _with_project_values(_with_initial_model(config))
     config.validate()
     missing = [str(p) for p in config.import_paths() if not p.is_file()]
     if missing:

@@ -69,7 +69,7 @@ from nnprefine.model import (
     activation_by_letter,
 )
 
-__all__ = ["SUPPORTED_KEYWORDS", "TRAINING_KEYWORDS", "read_n2p2", "write_n2p2"]
+__all__ = ["SUPPORTED_KEYWORDS", "TRAINING_KEYWORDS", "read_model", "read_n2p2", "write_n2p2"]
 
 SUPPORTED_KEYWORDS = (
     "number_of_elements",
@@ -468,3 +468,24 @@ def _read_weights(
             w = w_ours
         out.append((w, b))
     return out
+
+
+def read_model(
+    directory: str | os.PathLike[str], baseline: ZBLBaseline | None = None
+) -> NNPotential:
+    """The potential a directory holds: an nnprefine committee (its member 0, the one that
+    drives MD), an nnprefine model, or an n2p2 set (``input.nn``; ``baseline`` is added, as
+    n2p2 files record none). A :class:`~nnprefine.errors.ModelError` names what is missing."""
+    from nnprefine.model import Committee
+
+    directory = Path(directory)
+    if (directory / "committee.json").is_file():
+        return Committee.load(directory).members[0]
+    if (directory / "model.json").is_file():
+        return NNPotential.load(directory)
+    if (directory / "input.nn").is_file():
+        return read_n2p2(directory, baseline=baseline)
+    raise ModelError(
+        f"{directory} holds no model: expected an nnprefine committee (committee.json), an "
+        "nnprefine model (model.json) or an n2p2 set (input.nn, scaling.data, weights.XXX.data)"
+    )

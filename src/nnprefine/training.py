@@ -903,7 +903,9 @@ def _train_member(
             )
     if best_weights is not None:
         pot.set_weight_arrays(best_weights)
+    started = (pot.metadata.get("training") or {}).get("initial_model")
     pot.metadata["training"] = {
+        **({"initial_model": started} if started else {}),
         "settings": s.to_dict(),
         "member_index": member_index,
         "best_epoch": history.best_epoch,
@@ -941,8 +943,10 @@ def train(
 ) -> TrainingHistory | list[TrainingHistory]:
     """Fit scaling and energy offsets on ``train_frames``, then train every member.
 
-    With ``settings.warm_start`` and a committee that was trained before, scaling,
-    offsets and output biases are kept and training continues from its weights.
+    With ``settings.warm_start`` and a member 1 that was trained before, scaling and
+    offsets are kept and every member trained before continues from its weights (output
+    bias included); a fresh member beside it starts from new weights on member 1's
+    scaling.
 
     train_frames, test_frames: labelled ``Atoms`` (energy eV, forces eV/Å on ``.calc``);
     see :func:`split_frames`. Returns the history (a list for a committee). The model is
@@ -979,8 +983,11 @@ def train(
         (log_path / "settings.json").write_text(json.dumps(s.to_dict(), indent=1) + "\n")
     for note in notes:
         _log(s, log_path, note)
-    warm = s.warm_start and all("training" in pot.metadata for pot in members)
-    if not warm:
+    # a member continues when it was trained before; inputs are kept when member 1 was
+    # (a fresh member beside it, as with network.initial_model, takes member 1's scaling)
+    warm = [s.warm_start and "training" in pot.metadata for pot in members]
+    warm = [warm[0] and w for w in warm]
+    if not warm[0]:
         _fit_inputs(pot0, train_set, s)
     for pot in members[1:]:
         pot.scaling, pot.energy_offsets_eV = pot0.scaling, dict(pot0.energy_offsets_eV)
@@ -1004,7 +1011,7 @@ def train(
                 member_dir.mkdir(exist_ok=True)
             own = [train_set[i] for i in member_frame_indices(len(train_set), k, s)]
             histories.append(
-                _train_member(pot, own, test_set, s, member_dir, k, progress, warm, select)
+                _train_member(pot, own, test_set, s, member_dir, k, progress, warm[k], select)
             )
             pot.metadata["training"]["distinct_frames"] = len({id(f) for f in own})
     finally:

@@ -24,19 +24,40 @@ __all__ = ["new_committee", "train_committee", "train_final"]
 
 
 def new_committee(project: Project) -> Any:
-    """An untrained committee of the config's descriptor and networks."""
-    from nnprefine.model import Committee, ZBLBaseline
+    """An untrained committee of the config's descriptor and networks; with
+    ``network.initial_model``, member 1 is that model (marked as trained, so training
+    keeps its scaling and offsets) and the others fresh networks of its architecture."""
+    from nnprefine.model import Committee, NNPotential
 
     cfg = project.config
     net = cfg.network
-    return Committee.create(
-        cfg.descriptor.symmetry_functions(cfg.project.element),
-        n_members=net.committee_size,
-        hidden=net.hidden,
-        activation=net.activation,
-        seed=project.seed("committee"),
-        baseline=ZBLBaseline(net.zbl_inner_A, net.zbl_outer_A) if net.zbl_baseline else None,
-    )
+    seed = project.seed("committee")
+    path = cfg.initial_model_path()
+    if path is None:
+        return Committee.create(
+            cfg.descriptor.symmetry_functions(cfg.project.element),
+            n_members=net.committee_size,
+            hidden=net.hidden,
+            activation=net.activation,
+            seed=seed,
+            baseline=net.baseline(),
+        )
+    from nnprefine.n2p2 import read_model
+
+    start = read_model(path, baseline=net.baseline())
+    start.metadata.setdefault("training", {})["initial_model"] = str(path)
+    fresh = [
+        NNPotential(
+            start.sfset,
+            start.hidden,
+            start.activation,
+            seed + m,
+            baseline=start.baseline,
+            skin_A=start.skin_A,
+        )
+        for m in range(1, net.committee_size)
+    ]
+    return Committee([start, *fresh])
 
 
 def train_committee(
@@ -71,8 +92,11 @@ def train_committee(
     committee = (
         Committee.load(project.model_dir(warm_start_from)) if warm else new_committee(project)
     )
+    # a committee started from network.initial_model continues its member 1
     settings = dataclasses.replace(
-        cfg.training.settings, seed=project.seed("train", name), warm_start=warm
+        cfg.training.settings,
+        seed=project.seed("train", name),
+        warm_start=warm or cfg.network.initial_model is not None,
     )
     project.say(
         f"training committee '{name}': {len(train_frames)} train / {len(test_frames)} test frames"
