@@ -58,6 +58,40 @@ def benchmark_config(args: argparse.Namespace):
     )
 
 
+def _auc(score: list[float], positive: list[bool]) -> float | None:
+    """Probability that a random positive scores above a random negative (ties ½)."""
+    pos = [x for x, p in zip(score, positive, strict=True) if p]
+    neg = [x for x, p in zip(score, positive, strict=True) if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def watch_signal(db_path: Path, model_label: str, reference_label: str) -> dict:
+    """Do the watch's continuous figures rank the seeds whose fate differs from the
+    reference's above the others? AUC of the calibrated max disagreement and of the
+    fraction of watched frames over threshold (0.5: no information)."""
+    from nnprefine.comparison import paired, same_fate
+    from nnprefine.sputter import ResultsDB
+
+    with ResultsDB(db_path) as db:
+        pairs = paired(
+            [r for r in db.rows(model_label) if int(r.get("watched") or 0)],
+            db.rows(reference_label),
+        )
+    differ = [not same_fate(a, b) for a, b in pairs]
+    peak = [float(a["max_disagreement"] or 0.0) for a, _ in pairs]
+    share = [int(a["n_over_threshold"] or 0) / max(int(a["n_watched"] or 0), 1) for a, _ in pairs]
+    return {
+        "paired": len(pairs),
+        "fate_differs": sum(differ),
+        "auc_max_disagreement": _auc(peak, differ),
+        "auc_fraction_over_threshold": _auc(share, differ),
+        "fraction_over_threshold_range": [min(share, default=0.0), max(share, default=0.0)],
+    }
+
+
 def _total(tables: list[dict]) -> dict:
     """The flag × fate tables of all energies, summed."""
     out = {k: {"same": 0, "differ": 0} for k in ("flagged", "not_flagged")}
@@ -109,6 +143,9 @@ def main() -> None:
             f"{row.get('same_fate_as_reference_after')} of {row.get('reference_paired')}"
         )
     v = summary.get("validation", {})
+    label = project.config.production[0].slab.label
+    signal = watch_signal(project.results_db, f"{label}/model", f"{label}/reference")
+    print(f"\nwatch signal against fate: {signal}")
 
     def frac(k: str) -> float | None:
         n = total[k]["same"] + total[k]["differ"]
@@ -125,6 +162,7 @@ def main() -> None:
                 "fate_differs_given_flagged": frac("flagged"),
                 "fate_differs_given_not_flagged": frac("not_flagged"),
                 "flagged_fraction": [y.get("flagged_fraction") for y in flagged_yields],
+                "watch_signal": signal,
                 "repair_rerun": sum(r["rerun"] for r in rows),
                 "repair_flagged_before": sum(r["flagged_before"] for r in rows),
                 "repair_flagged_after": sum(r["flagged_after"] for r in rows),

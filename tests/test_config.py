@@ -59,6 +59,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             {"production": [{"transfer_trajectories": 5}]},
             r"production\[0\].transfer_trajectories = 5 .* refine.second_surface_slab",
         ),
+        (
+            {"production": [{"watch_flag_fraction": 1.5}]},
+            r"production\[0\].watch_flag_fraction = 1.5",
+        ),
         ({"project": {"element": "Xx"}}, r"project.element"),
         (
             {"initial_data": {"slab": {"size": [2, 2, 6]}}},

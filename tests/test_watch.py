@@ -102,6 +102,35 @@ def test_flags_by_the_thresholds_and_keeps_spread_frames(committee, slab):
     assert not w.flagged and w.frames == [] and w.n_checked == 11
 
 
+def test_flag_fraction_tolerates_a_spike_but_not_a_sustained_excess(committee, slab):
+    """With flag_fraction f the trajectory is flagged only when ≥ f of its checks are over
+    threshold; the threshold set at the median check's disagreement splits them."""
+    settings = ImpactSettings(timestep_fs=0.5, duration_fs=10.0, max_extensions=0, early_stop="off")
+    seen = []
+    for flag_fraction in (0.0, 0.3, 0.8):
+        calc = NNPCalculator(committee[0])
+        probe = CommitteeWatch(committee, calc, WatchSettings(interval=2, max_frames=0))
+        checks = []
+
+        def record(state, probe=probe, checks=checks):
+            checks.append(probe.judge()[1])
+
+        run_impact(slab, calc, 60.0, 4, settings, observers=((record, 2),))
+        level = float(np.median(checks))
+        calc = NNPCalculator(committee[0])
+        ws = WatchSettings(
+            interval=2,
+            energy_threshold_eV_per_atom=10.0,
+            force_threshold_eV_per_A=level,
+            flag_fraction=flag_fraction,
+        )
+        w = CommitteeWatch(committee, calc, ws)
+        run_impact(slab, calc, 60.0, 4, settings, observers=((w, 2),))
+        assert w.n_over == sum(c > level for c in checks) == 5  # 11 checks, strictly above
+        seen.append(w.flagged)
+    assert seen == [True, True, False]
+
+
 def test_a_campaign_stores_the_watch_and_its_frames(tmp_path, committee, slab):
     calc = NNPCalculator(committee[0])
     low = WatchSettings(

@@ -680,6 +680,9 @@ class ProductionConfig:
     #: over-threshold frames kept per flagged trajectory, at least watch_separation_fs apart
     watch_frames: int = 3
     watch_separation_fs: float = 5.0
+    #: a trajectory is flagged when at least this fraction of its checks is over threshold
+    #: (0: any one check; docs/benchmarks.md, "Committee watch")
+    watch_flag_fraction: float = 0.0
     #: repair on flags (stage ``repair``, :mod:`nnprefine.stages.repair`): after the
     #: campaign, label up to repair_frames of the watch's flagged frames with the
     #: reference, retrain (models/repair-<r>) and re-run the flagged trajectories on their
@@ -741,6 +744,12 @@ class ProductionConfig:
             f"{key}.watch_interval",
             "a whole number of MD steps ≥ 0 (0: no committee watch)",
             self.watch_interval,
+        )
+        _check(
+            0.0 <= self.watch_flag_fraction <= 1.0,
+            f"{key}.watch_flag_fraction",
+            "a fraction of the checks in [0, 1] (0: any check over threshold flags)",
+            self.watch_flag_fraction,
         )
         _check(
             self.watch_separation_fs >= 0,

@@ -13,7 +13,9 @@ A frame is *over threshold* when the calibrated energy or force disagreement (th
 times the final committee's calibration α, :mod:`nnprefine.validation`) exceeds the last
 refinement threshold pair: the committee would have sent such a frame to the reference
 during refinement, so the potential does not know where it is. A trajectory with any such
-frame is *flagged*. Up to ``max_frames`` of its over-threshold frames (largest
+frame is *flagged* — or, with ``flag_fraction`` f > 0, a trajectory with at least a
+fraction f of its checked frames over threshold: a momentary spike at the collision is
+then tolerated, a potential lost for a sustained part of the run is not. Up to ``max_frames`` of its over-threshold frames (largest
 disagreement first, at least ``min_separation_fs`` apart) are kept for feeding back.
 """
 
@@ -47,6 +49,8 @@ class WatchSettings:
     force_scale: float = 1.0
     max_frames: int = 3
     min_separation_fs: float = 5.0
+    #: flagged when at least this fraction of the checks is over threshold (0: any one)
+    flag_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if int(self.interval) != self.interval or self.interval < 1:
@@ -61,6 +65,8 @@ class WatchSettings:
                 raise ConfigError(
                     f"watch {name} must be positive and finite, got {getattr(self, name)}"
                 )
+        if not 0.0 <= self.flag_fraction <= 1.0:
+            raise ConfigError(f"watch flag_fraction must be in [0, 1], got {self.flag_fraction}")
         if self.max_frames < 0 or self.min_separation_fs < 0:
             raise ConfigError("watch max_frames and min_separation_fs must be ≥ 0")
 
@@ -109,7 +115,7 @@ class CommitteeWatch:
 
     @property
     def flagged(self) -> bool:
-        return self.n_over > 0
+        return self.n_over > 0 and self.n_over >= self.settings.flag_fraction * self.n_checked
 
     def judge(self) -> tuple[float, float]:
         """Calibrated (energy eV/atom, force eV/Å) disagreement of the driver's last frame."""

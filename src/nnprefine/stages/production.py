@@ -109,6 +109,7 @@ def watch_settings(project: Project, prod: Any, model_dir: Path | None = None) -
         force_scale=float(alpha["force"]),
         max_frames=prod.watch_frames,
         min_separation_fs=prod.watch_separation_fs,
+        flag_fraction=prod.watch_flag_fraction,
     )
 
 
