@@ -26,6 +26,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from nnprefine.config import load_config
 from nnprefine.pipeline import run
 from nnprefine.stages import Project
@@ -92,6 +94,29 @@ def watch_signal(db_path: Path, model_label: str, reference_label: str) -> dict:
     }
 
 
+def over_threshold_shares(db_path: Path, label: str, fractions=(0.0, 0.5, 0.9)) -> dict:
+    """The re-run seeds before (``label``) and after one repair (``label``/repair-1): mean
+    share of checks over threshold, and how many a watch with each ``flag_fraction``
+    would flag (the rows keep the counts, so any fraction can be judged afterwards)."""
+    from nnprefine.sputter import ResultsDB
+
+    with ResultsDB(db_path) as db:
+        after = {(r["energy_eV"], r["idx"]): r for r in db.rows(f"{label}/repair-1")}
+        before = {k: r for r in db.rows(label) if (k := (r["energy_eV"], r["idx"])) in after}
+
+    def share(r: dict) -> float:
+        return int(r["n_over_threshold"] or 0) / max(int(r["n_watched"] or 0), 1)
+
+    out: dict = {"rerun": len(after)}
+    for name, rows in (("before", before), ("after", after)):
+        shares = [share(r) for r in rows.values()]
+        out[f"mean_share_over_threshold_{name}"] = float(np.mean(shares)) if shares else None
+        out[f"flagged_{name}"] = {
+            f"{f:g}": sum(x > 0 and x >= f for x in shares) for f in fractions
+        }
+    return out
+
+
 def _total(tables: list[dict]) -> dict:
     """The flag × fate tables of all energies, summed."""
     out = {k: {"same": 0, "differ": 0} for k in ("flagged", "not_flagged")}
@@ -146,6 +171,8 @@ def main() -> None:
     label = project.config.production[0].slab.label
     signal = watch_signal(project.results_db, f"{label}/model", f"{label}/reference")
     print(f"\nwatch signal against fate: {signal}")
+    shares = over_threshold_shares(project.results_db, f"{label}/model")
+    print(f"checks over threshold, before and after the repair: {shares}")
 
     def frac(k: str) -> float | None:
         n = total[k]["same"] + total[k]["differ"]
@@ -163,6 +190,7 @@ def main() -> None:
                 "fate_differs_given_not_flagged": frac("not_flagged"),
                 "flagged_fraction": [y.get("flagged_fraction") for y in flagged_yields],
                 "watch_signal": signal,
+                "over_threshold_before_after": shares,
                 "repair_rerun": sum(r["rerun"] for r in rows),
                 "repair_flagged_before": sum(r["flagged_before"] for r in rows),
                 "repair_flagged_after": sum(r["flagged_after"] for r in rows),
