@@ -37,6 +37,7 @@ __all__ = [
     "PairedComparison",
     "compare_drivers",
     "compare_one",
+    "fate_agreement",
     "flag_table",
     "paired",
     "plot_sputtered_distributions",
@@ -112,6 +113,14 @@ def paired(
     """(model row, reference row) of every seed both ran, in the model rows' order."""
     by_seed = {int(x["seed"]): x for x in reference_rows}
     return [(x, by_seed[int(x["seed"])]) for x in model_rows if int(x["seed"]) in by_seed]
+
+
+def fate_agreement(
+    rows: Sequence[Mapping[str, Any]], reference_rows: Sequence[Mapping[str, Any]]
+) -> dict[str, int]:
+    """Seeds of ``rows`` the reference also ran (``paired``) and how many met its fate."""
+    pairs = paired(rows, reference_rows)
+    return {"paired": len(pairs), "same_fate": sum(same_fate(a, b) for a, b in pairs)}
 
 
 def flag_table(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from nnprefine.comparison import paired, same_fate
+from nnprefine.comparison import fate_agreement
 from nnprefine.selection import spread_over_trajectories
 from nnprefine.stages.production import campaign_slab, unique_campaigns, watch_settings
 from nnprefine.stages.project import Project
@@ -69,12 +69,6 @@ def _chosen_frames(db: Any, label: str, ws: Any, cap: int) -> list[Any]:
     return [frames[i] for i in spread_over_trajectories(keys, score, cap)]
 
 
-def _fates(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
-    """Seeds of ``rows`` that the reference check also ran, and how many met its fate."""
-    pairs = paired(rows, reference)
-    return {"paired": len(pairs), "same_fate": sum(same_fate(a, b) for a, b in pairs)}
-
-
 def _round_rows(
     db: Any, c: dict[str, Any], r: int, todo: dict[float, list[int]], reference_label: str | None
 ) -> list[dict[str, Any]]:
@@ -97,11 +91,11 @@ def _round_rows(
             "flagged_after": sum(int(x["flagged"] or 0) for x in after),
             "yield_before": y0.yield_,
             "yield_after": y1.yield_,
-            "same_fate_before_after": _fates(after, before)["same_fate"],
+            "same_fate_before_after": fate_agreement(after, before)["same_fate"],
         }
         if reference_label is not None:
             reference = db.rows(reference_label, energy)
-            fb, fa = _fates(before, reference), _fates(after, reference)
+            fb, fa = fate_agreement(before, reference), fate_agreement(after, reference)
             row |= {
                 "reference_paired": fa["paired"],
                 "same_fate_as_reference_before": fb["same_fate"],

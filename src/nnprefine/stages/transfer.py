@@ -23,7 +23,7 @@ import dataclasses
 import json
 from typing import Any
 
-from nnprefine.comparison import compare_drivers, paired, same_fate
+from nnprefine.comparison import compare_drivers, fate_agreement
 from nnprefine.stages.production import campaign_slab, unique_campaigns, watch_settings
 from nnprefine.stages.project import Project
 
@@ -105,11 +105,6 @@ def _flagged_fraction(rows: list[dict[str, Any]]) -> float | None:
     return sum(int(r["flagged"] or 0) for r in watched) / len(watched) if watched else None
 
 
-def _same_as(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, int]:
-    pairs = paired(rows, reference)
-    return {"paired": len(pairs), "same_fate": sum(same_fate(a, b) for a, b in pairs)}
-
-
 def transfer_rows(project: Project, db: Any) -> list[dict[str, Any]]:
     """Per campaign and energy: both models on the same seeds (yields with 2σ/√N, z of the
     difference, Fisher p, same-fate fraction, flagged fractions) and, where the reference
@@ -139,8 +134,8 @@ def transfer_rows(project: Project, db: Any) -> list[dict[str, Any]]:
             }
             ref_rows = [r for r in reference if r["energy_eV"] == e]
             if ref_rows:
-                row["first_surface_model"] |= _same_as(f_rows, ref_rows)
-                row["final_model"] |= _same_as(n_rows, ref_rows)
+                row["first_surface_model"] |= fate_agreement(f_rows, ref_rows)
+                row["final_model"] |= fate_agreement(n_rows, ref_rows)
             out.append(row)
     return out
 
