@@ -64,6 +64,21 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             r"production\[0\].watch_flag_fraction = 1.5",
         ),
         ({"project": {"element": "Xx"}}, r"project.element"),
+        ({"project": {"projectile": "Qq"}}, r"project.projectile = 'Qq'"),
+        ({"project": {"elements": ["Be", "Zz"]}}, r"project.elements\[1\] = 'Zz'"),
+        (
+            {"structures": {"crystal": "bcc"}},
+            r"initial_data.slab.surface = '0001' is not allowed: a bcc surface: '100' or '110'"
+            r".*structures.crystal",
+        ),
+        ({"structures": {"crystal": "diamond"}}, r"structures.crystal = 'diamond'"),
+        ({"production": [{"polar_deg": 95.0}]}, r"production\[0\].polar_deg = 95.0"),
+        ({"refine": {"exploration_polar_deg": -5.0}}, r"refine.exploration_polar_deg = -5.0"),
+        ({"production": [{"projectile": "Bee"}]}, r"production\[0\].projectile = 'Bee'"),
+        (
+            {"project": {"projectile": "W"}, "descriptor": {"preset": "paper"}},
+            r"preset = 'paper' is the paper's one-element set; the project has Be, W",
+        ),
         (
             {"initial_data": {"slab": {"size": [2, 2, 6]}}},
             r"initial_data.slab.size = \[2, 2, 6\] gives a surface cell .* less than descriptor.r_cut_A",
@@ -204,6 +219,40 @@ def test_recorded_config_loads_back_to_the_same_config():
     assert "batch_size_frames" in data["training"] and "settings" not in data["training"]
     again = config_from_dict(data, base_dir=config.base_dir)
     assert config_to_dict(again) == data
+
+
+def test_a_be_projectile_on_tungsten_gives_both_elements_and_bcc_slabs():
+    """Target W (bcc), Be ions: the model covers both, every impact section carries the
+    projectile unless a campaign names its own, angles reach the impact settings."""
+    config = config_from_dict(
+        {
+            "project": {"element": "W", "projectile": "Be"},
+            "structures": {"crystal": "bcc", "a_A": 3.17},
+            "descriptor": {"preset": "generated", "r_cut_A": 5.0},
+            "initial_data": {"slab": {"surface": "100", "size": [2, 2, 4]}},
+            "refine": {"exploration_polar_deg": 45.0, "exploration_azimuth_deg": 10.0},
+            "production": [
+                {"slab": {"surface": "110", "size": [2, 4, 6]}, "polar_deg": 60.0},
+                {"slab": {"surface": "111", "size": [2, 2, 6]}, "projectile": "He"},
+            ],
+        }
+    )
+    assert config.elements == ("Be", "He", "W")
+    assert config.initial_data.impact.projectile == "Be"
+    assert config.refine.exploration.projectile == "Be"
+    assert (config.refine.exploration.polar_deg, config.refine.exploration.azimuth_deg) == (
+        45.0,
+        10.0,
+    )
+    first, second = config.production
+    assert (first.impact.projectile, first.impact.polar_deg, first.impact.azimuth_deg) == (
+        "Be",
+        60.0,
+        None,  # a random azimuth per impact
+    )
+    assert second.impact.projectile == "He"
+    assert first.slab.label == "W(110)-2x4x6" and first.slab.crystal == "bcc"
+    assert set(config.descriptor.symmetry_functions(config.elements).elements) == {"Be", "He", "W"}
 
 
 def test_slab_labels_name_the_project_element():

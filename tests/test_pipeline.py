@@ -27,6 +27,7 @@ from ase.io import read
 from nnprefine.cli import main
 from nnprefine.common import atomic_path
 from nnprefine.config import load_config
+from nnprefine.dataset import FrameStore
 from nnprefine.sputter import ResultsDB
 from nnprefine.stages import Project
 
@@ -647,3 +648,64 @@ def test_initial_model_that_is_not_there_is_a_config_error(tmp_path, make, messa
     )
     with pytest.raises(ConfigError, match=message):
         load_config(config)
+
+
+def test_a_be_projectile_on_a_tungsten_slab_runs_end_to_end(tmp_path):
+    """Beyond self-sputtering: a bcc W target, Be ions at 20° off the normal, the built-in
+    W–Be reference, through every stage. The lattice is bcc W's, the data and the model
+    hold both elements, every impact's projectile is Be, and the report names the system."""
+    slab = 'slab = { surface = "100", size = [2, 2, 4], vacuum_A = 5.0 }'
+    config = write_tiny_config(
+        tmp_path,
+        project=f'name = "w"\noutput_dir = "{tmp_path / "out"}"\nelement = "W"\n'
+        'projectile = "Be"\nseed = 3',
+        structures=(
+            'crystal = "bcc"\na_A = 3.17\nrelax_fmax_eV_per_A = 0.05\nequilibration_fs = 10.0\n'
+            'thermostat = "langevin"\nfixed_layers = 1'
+        ),
+        initial_data=(
+            f"{slab}\nenergies_eV = [100.0]\nruns_per_energy = 1\ntimestep_fs = 0.5\n"
+            "duration_fs = 8.0\nsnapshots_per_run = 6\nthermal_frames = 4\n"
+            "thermal_interval_fs = 2.0\npolar_deg = 20.0"
+        ),
+        validation=(
+            "impact_energies_eV = [100.0]\nimpact_runs_per_energy = 1\n"
+            "impact_snapshots_per_run = 2\nimpact_duration_fs = 8.0\nbulk_strains = [0.0]"
+        ),
+        refine=(
+            "max_iterations = 1\nexploration_energies_eV = [100.0]\n"
+            "exploration_runs_per_energy = 1\nexploration_duration_fs = 5.0\n"
+            "exploration_timestep_fs = 0.5\nexploration_polar_deg = 20.0\n"
+            "frame_interval_fs = 0.5\nmax_selected_per_iteration = 3\n"
+            "min_frame_separation_fs = 1.0\nupper_trust_force_eV_per_A = 1000.0\n"
+            "stop_fraction = 0.0\nadaptive_count = 3\n"
+            "[[refine.thresholds]]\nenergy_meV_per_atom = 20.0\nforce_eV_per_A = 2.0"
+        ),
+        production=(
+            f"{slab}\nenergies_eV = [200.0]\ntrajectories_per_energy = 2\ntimestep_fs = 0.5\n"
+            "duration_fs = 6.0\nmax_extensions = 0\npolar_deg = 20.0\nescape_energy_eV = 8.0"
+        ),
+    )
+    assert main(["run", str(config)]) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    ref = summary["lattice"]["reference"]
+    assert 3.10 < ref["a"] < 3.25 and ref["c"] == ref["a"]  # bcc W: one constant
+    with closing(sqlite3.connect(out / "data.db")) as con, con:
+        n_frames = con.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+    with FrameStore(out / "data.db", elements=("Be", "W")) as store:
+        frames = store.frames(split="train") + store.frames(split="test")
+    assert len(frames) == n_frames - summary["validation"]["all"]["frames"]
+    species = [set(a.get_chemical_symbols()) for a in frames]
+    assert {"W"} in species and {"Be", "W"} in species  # thermal frames and impacts
+    for a in frames:  # a Be atom is only ever the projectile, the last atom
+        assert a.get_chemical_symbols().count("Be") <= 1
+        assert "Be" not in a.get_chemical_symbols()[:-1]
+    model = json.loads((out / "models" / "final" / "member_000" / "model.json").read_text())
+    assert sorted(model["elements"]) == ["Be", "W"]
+    with ResultsDB(out / "results.db") as db:
+        rows = db.rows("W(100)-2x2x4/model")
+        meta = db.campaign_meta("W(100)-2x2x4/model")
+    assert len(rows) == 2 and all(r["polar_deg"] == 20.0 for r in rows)
+    assert meta["settings"]["projectile"] == "Be"
+    assert "Be on W sputtering" in (out / "report.html").read_text()

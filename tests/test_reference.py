@@ -150,9 +150,9 @@ def test_instance_is_reused_and_rebuilt_on_cell_change(rattled_bulk):
 
 
 def test_relaxed_hcp_matches_standalone_lammps():
-    from nnprefine.structures import relax_hcp
+    from nnprefine.structures import relax_bulk
 
-    res = relax_hcp(SnapReference(), a_A=2.28, c_A=3.55)
+    res = relax_bulk(SnapReference(), a_A=2.28, c_A=3.55)
     assert res["converged"]
     assert res["a_A"] == pytest.approx(LAMMPS_A, abs=2e-4)
     assert res["c_A"] == pytest.approx(LAMMPS_C, abs=5e-4)

@@ -187,6 +187,29 @@ def test_100eV_impact_conserves_total_energy(be_slab, calc):
     assert abs(r.energy_drift_eV) < 0.01
 
 
+def test_be_projectile_on_a_tungsten_slab_with_the_builtin_reference(calc):
+    """Be on W(110), 200 eV at 30° off the normal, with the W–Be SNAP: the projectile is a
+    Be atom with Be's mass and the asked direction, and the impact conserves energy."""
+    from nnprefine.structures import make_slab
+
+    slab = make_slab("110", (3, 2, 4), 3.17, 3.17, 6.0, 2, "W", "bcc")
+    relax_slab(slab, calc, fmax_eV_per_A=1e-2)
+    slab.calc = None
+    settings = ImpactSettings(
+        timestep_fs=0.1, duration_fs=20.0, max_extensions=0, projectile="Be", polar_deg=30.0
+    )
+    atoms, spec = setup_impact(slab, 200.0, seed=5, polar_deg=30.0, element="Be")
+    assert atoms.get_chemical_symbols()[spec.projectile_index] == "Be"
+    assert atoms.get_masses()[-1] == pytest.approx(BE_MASS, abs=1e-3)
+    v = atoms.get_velocities()[-1]
+    assert math.degrees(math.acos(-v[2] / np.linalg.norm(v))) == pytest.approx(30.0)
+    r = run_impact(slab, calc, 200.0, seed=5, settings=settings)
+    assert not r.unphysical and r.steps == 200
+    assert calc.atoms.get_chemical_symbols()[-1] == "Be"  # what the run drove
+    assert r.spec.polar_deg == 30.0
+    assert abs(r.energy_drift_eV) < 0.02  # 200 eV in play, 0.1 fs steps
+
+
 def test_heat_sink_in_an_impact_takes_heat_and_the_balance_closes(be_slab, calc):
     settings = ImpactSettings(
         timestep_fs=0.1,

@@ -57,7 +57,7 @@ def test_bad_sizes_are_clear_errors():
         be0001_slab(size=(2, 2, 2), fixed_layers=2)
     with pytest.raises(ConfigError, match="even"):
         be01m10_slab(size=(2, 3, 4))
-    with pytest.raises(ConfigError, match="unknown surface"):
+    with pytest.raises(ConfigError, match="unknown hcp surface"):
         make_slab("111", (2, 2, 2), 2.24, 3.6)
 
 
@@ -102,13 +102,74 @@ def test_nvt_reaches_target_temperature():
 
 def test_energy_only_relaxation_agrees_with_stress_relaxation():
     """A calculator without stress is relaxed by minimising E(a, c); same answer as with stress."""
-    from nnprefine.structures import _relax_hcp_by_energy, relax_hcp
+    from nnprefine.structures import _relax_by_energy, relax_bulk
 
-    with_stress = relax_hcp(SnapReference(), a_A=2.28, c_A=3.55)
-    by_energy = _relax_hcp_by_energy(SnapReference(), "Be", 2.28, 3.55)
+    with_stress = relax_bulk(SnapReference(), a_A=2.28, c_A=3.55)
+    by_energy = _relax_by_energy(SnapReference(), "Be", "hcp", 2.28, 3.55)
     assert by_energy["converged"]
     assert by_energy["a_A"] == pytest.approx(with_stress["a_A"], abs=2e-4)
     assert by_energy["c_A"] == pytest.approx(with_stress["c_A"], abs=5e-4)
     assert by_energy["energy_eV_per_atom"] == pytest.approx(
         with_stress["energy_eV_per_atom"], abs=1e-6
     )
+
+
+@pytest.mark.parametrize("crystal", ["bcc", "fcc"])
+@pytest.mark.parametrize("surface", ["100", "110", "111"])
+def test_cubic_slabs_from_ase_builders_have_layers_and_fixed_bottom(crystal, surface):
+    """bcc and fcc slabs: rectangular periodic cell, layers tagged 1 = top with z falling,
+    the bottom fixed_layers held, provenance recorded."""
+    from nnprefine.structures import make_slab
+
+    slab = make_slab(surface, (2, 2, 4), 3.17, 3.17, 6.0, 2, "W", crystal)
+    assert list(slab.pbc) == [True, True, False]
+    assert slab.cell.angles() == pytest.approx([90.0, 90.0, 90.0])
+    tags = slab.get_tags()
+    z = [slab.positions[tags == t, 2].mean() for t in (1, 2, 3, 4)]
+    assert np.all(np.diff(z) < 0)  # layer 1 is the top one
+    assert set(np.flatnonzero(fixed_mask(slab))) == set(np.flatnonzero(tags >= 3))
+    assert slab.info["surface"] == surface
+    assert slab.info["provenance"][-1]["crystal"] == crystal
+    # vacuum on each side: the top layer is 6 Å below the cell's top
+    assert slab.cell[2, 2] - slab.positions[:, 2].max() == pytest.approx(6.0)
+
+
+def test_surface_of_another_crystal_is_a_clear_error():
+    from nnprefine.structures import make_slab
+
+    with pytest.raises(ConfigError, match=r"unknown bcc surface '0001'.*100, 110, 111"):
+        make_slab("0001", (2, 2, 4), 3.17, 3.17, 6.0, 2, "W", "bcc")
+    with pytest.raises(ConfigError, match="unknown crystal 'diamond'"):
+        make_slab("100", (2, 2, 4), 3.17, 3.17, 6.0, 2, "W", "diamond")
+
+
+def test_bcc_tungsten_relaxes_to_the_minimum_of_its_energy():
+    """W bcc with the built-in SNAP: the relaxed a is a minimum of E(a) (both neighbours
+    higher), the stress and energy-only paths agree, c reports the cube's edge."""
+    from nnprefine.structures import _relax_by_energy, bulk_cell, relax_bulk
+
+    calc = SnapReference()
+    rec = relax_bulk(calc, "W", "bcc", a_A=3.10)
+    assert rec["converged"] and rec["crystal"] == "bcc"
+    assert 3.10 < rec["a_A"] < 3.25 and rec["c_A"] == rec["a_A"]
+
+    def energy(a):
+        atoms = bulk_cell("W", "bcc", a)
+        atoms.calc = calc
+        return atoms.get_potential_energy() / len(atoms)
+
+    e0 = energy(rec["a_A"])
+    assert e0 == pytest.approx(rec["energy_eV_per_atom"], abs=1e-6)
+    assert energy(rec["a_A"] * 0.995) > e0 and energy(rec["a_A"] * 1.005) > e0
+    by_energy = _relax_by_energy(calc, "W", "bcc", 3.10, 3.10)
+    assert by_energy["a_A"] == pytest.approx(rec["a_A"], abs=2e-4)
+
+
+def test_fcc_copper_with_emt_gives_its_known_lattice_constant():
+    """ASE's EMT for Cu has its minimum at a = 3.590 Å (fcc)."""
+    from ase.calculators.emt import EMT
+
+    from nnprefine.structures import relax_bulk
+
+    rec = relax_bulk(EMT(), "Cu", "fcc", a_A=3.5, c_A=None)
+    assert rec["a_A"] == pytest.approx(3.590, abs=2e-3)

@@ -31,11 +31,11 @@ def _reference_arg(text: str | None) -> dict[str, Any] | None:
 def _cmd_check_reference(args: argparse.Namespace) -> int:
     """Relax hcp bulk and a Be(0001) slab with the reference and print what it gives."""
     from nnprefine.reference import make_reference
-    from nnprefine.structures import be0001_slab, relax_hcp, relax_slab
+    from nnprefine.structures import be0001_slab, relax_bulk, relax_slab
 
     spec = _reference_arg(args.reference)
     t0 = time.perf_counter()
-    bulk = relax_hcp(make_reference(spec))
+    bulk = relax_bulk(make_reference(spec))
     slab = be0001_slab(size=(4, 4, 6), a_A=bulk["a_A"], c_A=bulk["c_A"])
     relax_slab(slab, make_reference(spec), fmax_eV_per_A=1e-3)
     e_slab = slab.get_potential_energy() / len(slab)

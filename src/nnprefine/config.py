@@ -88,23 +88,44 @@ def _naming_keys(section: Any, key: str, names: dict[str, str] | None = None) ->
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    """Where results go and the master seed every other seed derives from."""
+    """Where results go, the system's elements and the master seed every other seed
+    derives from.
+
+    ``element`` is the target's (slabs and bulk are of it); ``projectile`` the ions'
+    (default: the target's, self-sputtering). A [[production]] campaign may name its own
+    projectile. ``elements`` lists any further element the data holds (imported frames of
+    an alloy, say); the model covers the target, every projectile and these.
+    """
 
     name: str = "nnprefine"
     output_dir: str = "runs/nnprefine"
     element: str = "Be"
+    projectile: str | None = None
+    elements: tuple[str, ...] = ()
     seed: int = 1
 
     def validate(self, key: str) -> None:
         _check(bool(self.name.strip()), f"{key}.name", "a non-empty name", self.name)
-        from ase.data import atomic_numbers
+        for name in ("element", "projectile"):
+            _check_element(getattr(self, name), f"{key}.{name}")
+        for i, el in enumerate(self.elements):
+            _check_element(el, f"{key}.elements[{i}]")
 
-        _check(
-            self.element in atomic_numbers,
-            f"{key}.element",
-            "a chemical symbol such as 'Be'",
-            self.element,
-        )
+    @property
+    def projectile_element(self) -> str:
+        """The projectile's element (the target's unless ``projectile`` is set)."""
+        return self.projectile or self.element
+
+
+def _check_element(symbol: str | None, key: str) -> None:
+    from ase.data import atomic_numbers
+
+    _check(
+        symbol is None or (symbol in atomic_numbers and symbol != "X"),
+        key,
+        "a chemical symbol such as 'Be' or 'W'",
+        symbol,
+    )
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,8 @@ class ReferenceConfig:
 class StructuresConfig:
     """Bulk lattice guesses (relaxed with the reference), slab relaxation and equilibration."""
 
+    #: the target's crystal: "hcp" (a and c), "bcc" or "fcc" (a, the cube's edge; c unused)
+    crystal: str = "hcp"
     a_A: float = 2.24
     c_A: float = 3.60
     relax_fmax_eV_per_A: float = 1e-3
@@ -153,6 +176,9 @@ class StructuresConfig:
     production_slab_driver: str = "reference"
 
     def validate(self, key: str) -> None:
+        from nnprefine.structures import CRYSTALS
+
+        _check(self.crystal in CRYSTALS, f"{key}.crystal", " or ".join(CRYSTALS), self.crystal)
         _check(
             self.production_slab_driver in ("reference", "model"),
             f"{key}.production_slab_driver",
@@ -188,17 +214,27 @@ class StructuresConfig:
 
 @dataclass(frozen=True)
 class SlabConfig:
-    """A slab: surface '0001' or '01-10', size (nx, ny, layers), vacuum on each side."""
+    """A slab: surface (Miller index: '0001' or '01-10' for hcp; '100', '110' or '111' for
+    bcc and fcc), size (nx, ny, layers) in the builder's surface cells, vacuum on each side."""
 
     surface: str = "0001"
     size: tuple[int, int, int] = (4, 4, 6)
     vacuum_A: float = 7.0
-    #: the project's element (set at load from project.element; not a key of the table)
+    #: the project's element and crystal (set at load from project.element and
+    #: structures.crystal; not keys of the table)
     element: str = field(default="Be", metadata={"toml": False})
+    crystal: str = field(default="hcp", metadata={"toml": False})
 
     def validate(self, key: str) -> None:
+        from nnprefine.structures import SURFACES
+
+        allowed = SURFACES.get(self.crystal, ())
         _check(
-            self.surface in ("0001", "01-10"), f"{key}.surface", "'0001' or '01-10'", self.surface
+            self.surface in allowed,
+            f"{key}.surface",
+            f"a {self.crystal} surface: {' or '.join(repr(s) for s in allowed)} "
+            "(structures.crystal sets the crystal)",
+            self.surface,
         )
         _check(
             len(self.size) == 3 and all(n >= 1 for n in self.size),
@@ -210,7 +246,7 @@ class SlabConfig:
             _check(
                 self.size[1] % 2 == 0,
                 f"{key}.size",
-                "an even second number for Be(01-10)",
+                "an even second number for an hcp(01-10) slab",
                 list(self.size),
             )
         _check(self.vacuum_A > 0, f"{key}.vacuum_A", "a positive number of Å", self.vacuum_A)
@@ -244,16 +280,24 @@ class DescriptorConfig:
             self.preset,
         )
         with _naming_keys(self, key):
-            self.symmetry_functions("Be")  # the set's own checks; the element is checked apart
+            self.symmetry_functions("Be")  # the set's own checks; the elements are checked apart
 
-    def symmetry_functions(self, element: str) -> Any:
-        """The :class:`nnprefine.descriptors.SymmetryFunctionSet` this section names."""
+    def symmetry_functions(self, elements: str | tuple[str, ...]) -> Any:
+        """The :class:`nnprefine.descriptors.SymmetryFunctionSet` this section names, for
+        one element or several (the paper's set is for one element only)."""
         from nnprefine.descriptors import make_set, paper_set
 
+        elements = (elements,) if isinstance(elements, str) else tuple(elements)
         if self.preset == "paper":
-            return paper_set(element, r_cut_A=self.r_cut_A)
+            if len(elements) != 1:
+                raise ConfigError(
+                    f"descriptor.preset = 'paper' is the paper's one-element set; the project "
+                    f"has {', '.join(elements)}: set preset = 'generated' (n_radial, n_narrow, "
+                    "n_wide per element pair)"
+                )
+            return paper_set(elements[0], r_cut_A=self.r_cut_A)
         return make_set(
-            (element,),
+            elements,
             n_radial=self.n_radial,
             n_narrow=self.n_narrow,
             n_wide=self.n_wide,
@@ -376,7 +420,15 @@ class TrainingConfig:
 #: the impact keys of the short runs that gather data (initial data, exploration), and
 #: their defaults: one run without extensions, looser sanity bounds than production
 #: (data-gathering runs only need to stop a blow-up; close contacts are what they seek)
-_SHORT_RUN_KEYS = ("timestep_fs", "duration_fs", "min_distance_A", "max_energy_drift_eV")
+_SHORT_RUN_KEYS = (
+    "timestep_fs",
+    "duration_fs",
+    "min_distance_A",
+    "max_energy_drift_eV",
+    "projectile",
+    "polar_deg",
+    "azimuth_deg",
+)
 _SHORT_RUN_SANITY: dict[str, Any] = dict(
     max_extensions=0, min_distance_A=0.3, max_energy_drift_eV=20.0, max_potential_drop_eV=None
 )
@@ -833,6 +885,18 @@ class Config:
         out = Path(self.project.output_dir)
         return out if out.is_absolute() else (Path(self.base_dir) / out).resolve()
 
+    @property
+    def elements(self) -> tuple[str, ...]:
+        """Every element of the project, sorted: the target, every projectile (of the
+        data-gathering impacts and of each campaign) and ``project.elements``."""
+        found = {self.project.element, self.project.projectile_element, *self.project.elements}
+        for settings in (self.initial_data.impact, self.refine.exploration):
+            found.add(settings.projectile or self.project.projectile_element)
+        found.update(
+            p.impact.projectile or self.project.projectile_element for p in self.production
+        )
+        return tuple(sorted(found))
+
     def initial_model_path(self) -> Path | None:
         """``network.initial_model``, resolved against the config file's folder."""
         if self.network.initial_model is None:
@@ -856,6 +920,7 @@ class Config:
             elif hasattr(value, "validate"):
                 value.validate(f.name)
         self._check_cutoff_fits_slabs()
+        self.descriptor.symmetry_functions(self.elements)  # 'paper' is for one element
         for i, p in enumerate(self.production):
             _check(
                 p.transfer_trajectories == 0
@@ -889,13 +954,21 @@ class Config:
         slabs += [(f"production[{i}].slab", p.slab) for i, p in enumerate(self.production)]
         if self.refine.second_surface_slab is not None:
             slabs.append(("refine.second_surface_slab", self.refine.second_surface_slab))
+        import numpy as np
+
+        from nnprefine.structures import make_slab
+
         a, c = self.structures.a_A, self.structures.c_A
         for key, slab in slabs:
-            if slab.surface == "0001":
-                width = slab.size[0] * a * (3**0.5 / 2)  # perpendicular width of the rhombus
-                width = min(width, slab.size[1] * a * (3**0.5 / 2))
-            else:
-                width = min(slab.size[0] * a, slab.size[1] * c / 2)
+            with _naming_keys(slab, key, {"size": "size", "surface": "surface"}):
+                cell = make_slab(
+                    slab.surface, slab.size, a, c, slab.vacuum_A, 0, slab.element, slab.crystal
+                ).cell
+            # the perpendicular widths of the lateral cell (a rhombus for hcp(0001))
+            area = float(np.linalg.norm(np.cross(cell[0], cell[1])))
+            width = min(
+                area / float(np.linalg.norm(cell[1])), area / float(np.linalg.norm(cell[0]))
+            )
             if width < self.descriptor.r_cut_A:
                 raise ConfigError(
                     f"{key}.size = {list(slab.size)} gives a surface cell {width:.2f} Å wide, "
@@ -1053,15 +1126,22 @@ def _with_project_values(config: Config) -> Config:
     DFT has no interaction range of its own)."""
 
     def slab(s: SlabConfig | None) -> SlabConfig | None:
-        return None if s is None else dataclasses.replace(s, element=config.project.element)
+        if s is None:
+            return None
+        return dataclasses.replace(
+            s, element=config.project.element, crystal=config.structures.crystal
+        )
+
+    projectile = config.project.projectile_element
+
+    def impact(settings: Any, **kw: Any) -> Any:
+        return dataclasses.replace(settings, projectile=settings.projectile or projectile, **kw)
 
     production = tuple(
         dataclasses.replace(
             p,
             slab=slab(p.slab),
-            impact=dataclasses.replace(
-                p.impact, heat_sink_temperature_K=config.structures.temperature_K
-            ),
+            impact=impact(p.impact, heat_sink_temperature_K=config.structures.temperature_K),
         )
         for p in config.production
     )
@@ -1070,12 +1150,12 @@ def _with_project_values(config: Config) -> Config:
     return dataclasses.replace(
         config,
         initial_data=dataclasses.replace(
-            init, slab=slab(init.slab), impact=dataclasses.replace(init.impact, r_cut_A=r_cut)
+            init, slab=slab(init.slab), impact=impact(init.impact, r_cut_A=r_cut)
         ),
         refine=dataclasses.replace(
             refine,
             second_surface_slab=slab(refine.second_surface_slab),
-            exploration=dataclasses.replace(refine.exploration, r_cut_A=r_cut),
+            exploration=impact(refine.exploration, r_cut_A=r_cut),
         ),
         production=production,
     )
@@ -1102,9 +1182,9 @@ def _with_initial_model(config: Config) -> Config:
     except ModelError as exc:
         raise ConfigError(f"network.initial_model = {net.initial_model!r}: {exc}") from exc
     _check(
-        config.project.element in pot.elements,
+        set(config.elements) <= set(pot.elements),
         "network.initial_model",
-        f"a model covering project.element = {config.project.element!r} (it covers "
+        f"a model covering the project's elements {', '.join(config.elements)} (it covers "
         f"{', '.join(pot.elements)})",
         net.initial_model,
     )
@@ -1130,6 +1210,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config
     if "production" in data and isinstance(data["production"], dict):
         data["production"] = [data["production"]]
     config = dataclasses.replace(_build(Config, data, ""), base_dir=str(Path(base_dir).resolve()))
+    config.project.validate("project")  # its element goes into every slab and impact
     config = _with_project_values(_with_initial_model(config))
     config.validate()
     missing = [str(p) for p in config.import_paths() if not p.is_file()]

@@ -354,6 +354,8 @@ class ImpactSettings:
     extension_fs: float = 120.0
     max_extensions: int = 1
     height_A: float = 5.0
+    #: the projectile's element; None: the slab's first atom's (self-sputtering)
+    projectile: str | None = None
     polar_deg: float = 0.0
     azimuth_deg: float | None = None
     flight_margin_A: float = 2.5
@@ -387,6 +389,15 @@ class ImpactSettings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.polar_deg < 90:
+            raise ConfigError(
+                f"polar_deg must be in [0, 90) degrees from the surface normal, got "
+                f"{self.polar_deg}"
+            )
+        if self.projectile is not None and self.projectile not in atomic_numbers:
+            raise ConfigError(
+                f"projectile must be a chemical symbol such as 'Be', got {self.projectile!r}"
+            )
         for name in ("extension_fs", "max_extensions"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or more, got {getattr(self, name)}")
@@ -471,7 +482,13 @@ def run_impact(
     r_cut = settings.resolve_r_cut(calc)
     wall0, core0 = time.perf_counter(), time.thread_time()
     atoms, spec = setup_impact(
-        slab, energy_eV, seed, settings.height_A, settings.polar_deg, settings.azimuth_deg
+        slab,
+        energy_eV,
+        seed,
+        settings.height_A,
+        settings.polar_deg,
+        settings.azimuth_deg,
+        element=settings.projectile,
     )
     atoms.calc = calc
     sink = None

@@ -321,6 +321,17 @@ def _fraction(x: float | None) -> str:
     return "—" if x is None else f"{x:.0%}"
 
 
+def _system_line(system: Mapping[str, Any] | None) -> str:
+    """'Be on W sputtering: W target (bcc), Be ions; the model covers Be, W.'"""
+    if not system:
+        return ""
+    return (
+        f"<p>{html.escape(system['title'])}: {html.escape(system['target'])} target "
+        f"({html.escape(system['crystal'])}), {html.escape(system['projectile'])} ions; the "
+        f"model covers {html.escape(', '.join(system['elements']))}.</p>"
+    )
+
+
 def write_html(
     path: Path, summary: Mapping[str, Any], figures: Mapping[str, Path | Sequence[Path]]
 ) -> Path:
@@ -330,6 +341,7 @@ def write_html(
         f"<title>nnprefine report: {html.escape(str(summary.get('project', '')))}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>nnprefine report: {html.escape(str(summary.get('project', '')))}</h1>",
+        _system_line(summary.get("system")),
         f"<p class='note'>nnprefine {html.escape(str(summary.get('code_version', '')))}, "
         f"reference {html.escape(json.dumps(summary.get('reference', {})))}</p>",
     ]

@@ -1,4 +1,8 @@
-"""Structures: hcp bulk, Be(0001) and Be(01-10) slabs, relaxation and NVT equilibration.
+"""Structures: bulk cells, slabs, relaxation and NVT equilibration.
+
+Bulk and slabs come in three crystals: hcp (the paper's Be(0001) and Be(01-10) slabs) and
+bcc or fcc (ASE's low-index surface builders, e.g. W(100) or W(110) for a Be projectile on
+tungsten).
 
 Slabs are periodic in x and y with vacuum along z; ``atoms.get_tags()`` gives the layer
 index (1 = top) and a ``FixAtoms`` constraint holds the bottom layers. Every builder
@@ -12,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms, units
-from ase.build import bulk, hcp0001, hcp10m10
+from ase.build import bcc100, bcc110, bcc111, bulk, fcc100, fcc110, fcc111, hcp0001, hcp10m10
 from ase.constraints import FixAtoms
 from ase.filters import FrechetCellFilter
 from ase.md.langevin import Langevin
@@ -22,16 +26,20 @@ from ase.optimize import BFGS, FIRE
 from nnprefine.errors import ConfigError
 
 __all__ = [
+    "CRYSTALS",
     "SLAB_PRESETS",
+    "SURFACES",
     "be0001_slab",
     "be01m10_slab",
+    "bulk_cell",
+    "cubic_slab",
     "equilibrate_nvt",
     "fixed_mask",
     "hcp_bulk",
     "make_slab",
     "maxwell_boltzmann_velocities",
     "prepare_slab",
-    "relax_hcp",
+    "relax_bulk",
     "relax_slab",
     "THERMOSTATS",
 ]
@@ -45,6 +53,34 @@ SLAB_PRESETS: dict[str, dict[str, Any]] = {
     # 480 atoms, 6a x 5c lateral (13.7 x 17.7 Å), 8 layers: the second surface.
     "be01m10-480": {"surface": "01-10", "size": (6, 10, 8), "vacuum_A": 7.0},
 }
+
+
+#: The crystals bulk and slabs are built in.
+CRYSTALS = ("hcp", "bcc", "fcc")
+
+#: The surfaces of each crystal (Miller indices; hcp in four-index notation).
+SURFACES: dict[str, tuple[str, ...]] = {
+    "hcp": ("0001", "01-10"),
+    "bcc": ("100", "110", "111"),
+    "fcc": ("100", "110", "111"),
+}
+
+# ASE's builders for the cubic surfaces; these take orthogonal=True for a rectangular cell
+_CUBIC_BUILDERS = {
+    ("bcc", "100"): bcc100,
+    ("bcc", "110"): bcc110,
+    ("bcc", "111"): bcc111,
+    ("fcc", "100"): fcc100,
+    ("fcc", "110"): fcc110,
+    ("fcc", "111"): fcc111,
+}
+_ORTHOGONAL = {("bcc", "110"), ("bcc", "111"), ("fcc", "111")}
+
+
+def _check_crystal(crystal: str) -> str:
+    if crystal not in CRYSTALS:
+        raise ConfigError(f"unknown crystal {crystal!r}; choose one of {', '.join(CRYSTALS)}")
+    return crystal
 
 
 def _record(atoms: Atoms, step: str, **details: Any) -> None:
@@ -61,56 +97,90 @@ def hcp_bulk(element: str = "Be", a_A: float = 2.24, c_A: float = 3.60) -> Atoms
     return atoms
 
 
-def relax_hcp(
+def bulk_cell(element: str, crystal: str, a_A: float, c_A: float | None = None) -> Atoms:
+    """A small periodic bulk cell: the two-atom hcp cell (``c_A`` needed), or the cubic
+    conventional cell of bcc (2 atoms) or fcc (4 atoms) with edge ``a_A`` (Å)."""
+    if _check_crystal(crystal) == "hcp":
+        if c_A is None:
+            raise ConfigError("an hcp bulk cell needs c_A (Å)")
+        return hcp_bulk(element, a_A, c_A)
+    if a_A <= 0:
+        raise ConfigError(f"the lattice constant must be positive, got a={a_A} Å")
+    atoms = bulk(element, crystal, a=a_A, cubic=True)
+    _record(atoms, "bulk_cell", element=element, crystal=crystal, a_A=a_A)
+    return atoms
+
+
+def _lattice_of(atoms: Atoms, crystal: str) -> tuple[float, float]:
+    """(a, c) in Å read off a relaxed cell; c = a for the cubic crystals (the cube's edge)."""
+    lengths = atoms.cell.cellpar()[:3]
+    if crystal == "hcp":
+        return float((lengths[0] + lengths[1]) / 2), float(lengths[2])
+    a = float(np.mean(lengths))
+    return a, a
+
+
+def relax_bulk(
     calc: Any,
     element: str = "Be",
+    crystal: str = "hcp",
     a_A: float = 2.24,
-    c_A: float = 3.60,
+    c_A: float | None = 3.60,
     fmax_eV_per_A: float = 1e-4,
     max_steps: int = 300,
-) -> dict[str, float]:
-    """Relax a and c of hcp bulk with ``calc``; returns a_A, c_A and energy_eV_per_atom.
+) -> dict[str, Any]:
+    """Relax the lattice of bulk ``crystal`` with ``calc``; returns a_A, c_A (= a_A for the
+    cubic crystals), energy_eV_per_atom, crystal and converged.
 
-    The two-atom cell keeps hcp symmetry under a cell filter, so a and c are read off the
-    relaxed cell directly. ``fmax_eV_per_A`` bounds forces and (through the filter) stress.
+    The small cell keeps its symmetry under a cell filter, so the constants are read off
+    the relaxed cell directly. ``fmax_eV_per_A`` bounds forces and (through the filter)
+    stress. ``c_A`` is the hcp guess and is ignored for bcc and fcc.
     """
-    atoms = hcp_bulk(element, a_A, c_A)
+    atoms = bulk_cell(element, crystal, a_A, c_A)
     atoms.calc = calc
     if "stress" not in getattr(calc, "implemented_properties", ["stress"]):
-        return _relax_hcp_by_energy(calc, element, a_A, c_A)
-    opt = BFGS(FrechetCellFilter(atoms), logfile=None)
-    opt.run(fmax=fmax_eV_per_A, steps=max_steps)
-    lengths = atoms.cell.cellpar()
-    return {
-        "a_A": float((lengths[0] + lengths[1]) / 2),
-        "c_A": float(lengths[2]),
-        "energy_eV_per_atom": float(atoms.get_potential_energy() / len(atoms)),
-        "converged": bool(opt.converged()),
-    }
+        rec = _relax_by_energy(calc, element, crystal, a_A, c_A)
+    else:
+        opt = BFGS(FrechetCellFilter(atoms), logfile=None)
+        opt.run(fmax=fmax_eV_per_A, steps=max_steps)
+        a, c = _lattice_of(atoms, crystal)
+        rec = {
+            "a_A": a,
+            "c_A": c,
+            "energy_eV_per_atom": float(atoms.get_potential_energy() / len(atoms)),
+            "converged": bool(opt.converged()),
+        }
+    return {**rec, "crystal": crystal}
 
 
-def _relax_hcp_by_energy(calc: Any, element: str, a_A: float, c_A: float) -> dict[str, float]:
-    """Minimise E(a, c) of the two-atom hcp cell directly (for calculators without stress).
+def _relax_by_energy(
+    calc: Any, element: str, crystal: str, a_A: float, c_A: float | None
+) -> dict[str, Any]:
+    """Minimise E(a, c) of the hcp cell, or E(a) of the cubic one, directly (for
+    calculators without stress).
 
     The atoms sit on their symmetric sites, where forces vanish by symmetry, so the
-    energy depends on a and c alone; Nelder–Mead converges to 1e-6 Å.
+    energy depends on the lattice constants alone; Nelder–Mead converges to 1e-6 Å.
     """
     from scipy.optimize import minimize
 
+    hcp = crystal == "hcp"
+
     def energy(x: np.ndarray) -> float:
-        atoms = bulk(element, "hcp", a=float(x[0]), c=float(x[1]))
+        atoms = bulk_cell(element, crystal, float(x[0]), float(x[1]) if hcp else None)
         atoms.calc = calc
         return float(atoms.get_potential_energy() / len(atoms))
 
     res = minimize(
         energy,
-        x0=[a_A, c_A],
+        x0=[a_A, c_A] if hcp else [a_A],
         method="Nelder-Mead",
         options={"xatol": 1e-6, "fatol": 1e-10, "maxiter": 2000},
     )
+    a = float(res.x[0])
     return {
-        "a_A": float(res.x[0]),
-        "c_A": float(res.x[1]),
+        "a_A": a,
+        "c_A": float(res.x[1]) if hcp else a,
         "energy_eV_per_atom": float(res.fun),
         "converged": bool(res.success),
     }
@@ -204,6 +274,52 @@ def be01m10_slab(
     return atoms
 
 
+def cubic_slab(
+    crystal: str,
+    surface: str,
+    size: tuple[int, int, int],
+    a_A: float,
+    vacuum_A: float = 7.0,
+    fixed_layers: int = 2,
+    element: str = "W",
+) -> Atoms:
+    """A bcc or fcc slab from ASE's builders (``bcc110``, ``fcc111``, ...): ``surface`` is
+    the Miller index ("100", "110", "111"), ``size`` = (nx, ny, layers) in the builder's
+    surface cells, ``a_A`` the cubic lattice constant (Å).
+
+    The cell is rectangular (``orthogonal=True`` where the builder offers it); ``vacuum_A``
+    on each side along z; pbc (True, True, False); tags are layers, 1 = top.
+    """
+    nx, ny, layers = _check_size(size)
+    key = (_check_crystal(crystal), surface)
+    if key not in _CUBIC_BUILDERS:
+        raise ConfigError(
+            f"unknown {crystal} surface {surface!r}; choose one of {', '.join(SURFACES[crystal])}"
+        )
+    extra = {"orthogonal": True} if key in _ORTHOGONAL else {}
+    try:
+        atoms = _CUBIC_BUILDERS[key](
+            element, size=(nx, ny, layers), a=a_A, vacuum=vacuum_A, **extra
+        )
+    except Exception as exc:  # ASE's own check of the size (an even ny for a rectangular cell)
+        raise ConfigError(f"{element}({surface}) slab of size {list(size)}: {exc}") from exc
+    atoms.pbc = (True, True, False)
+    _fix_bottom(atoms, layers, fixed_layers)
+    _record(
+        atoms,
+        "cubic_slab",
+        element=element,
+        crystal=crystal,
+        surface=surface,
+        size=[nx, ny, layers],
+        a_A=a_A,
+        vacuum_A=vacuum_A,
+        fixed_layers=fixed_layers,
+    )
+    atoms.info["surface"] = surface
+    return atoms
+
+
 def make_slab(
     surface: str,
     size: tuple[int, int, int],
@@ -212,11 +328,15 @@ def make_slab(
     vacuum_A: float = 7.0,
     fixed_layers: int = 2,
     element: str = "Be",
+    crystal: str = "hcp",
 ) -> Atoms:
-    """Build a slab by surface name: ``"0001"`` or ``"01-10"``."""
+    """Build a slab of ``crystal`` by surface name: "0001" or "01-10" for hcp, "100",
+    "110" or "111" for bcc and fcc (``c_A`` is used by hcp only)."""
+    if _check_crystal(crystal) != "hcp":
+        return cubic_slab(crystal, surface, size, a_A, vacuum_A, fixed_layers, element)
     builders = {"0001": be0001_slab, "01-10": be01m10_slab}
     if surface not in builders:
-        raise ConfigError(f"unknown surface {surface!r}; choose one of {sorted(builders)}")
+        raise ConfigError(f"unknown hcp surface {surface!r}; choose one of {sorted(builders)}")
     return builders[surface](
         size=size,
         a_A=a_A,
@@ -349,6 +469,7 @@ def prepare_slab(
     c_A: float,
     vacuum_A: float = 7.0,
     element: str = "Be",
+    crystal: str = "hcp",
     fixed_layers: int = 2,
     relax_fmax_eV_per_A: float = 1e-3,
     temperature_K: float = 300.0,
@@ -368,6 +489,7 @@ def prepare_slab(
         vacuum_A=vacuum_A,
         fixed_layers=fixed_layers,
         element=element,
+        crystal=crystal,
     )
     relax_slab(atoms, calc, fmax_eV_per_A=relax_fmax_eV_per_A)
     if equilibration_fs > 0:

@@ -95,10 +95,7 @@ def reference_trajectory_frames(
     frames: list[Atoms] = []
 
     def record(state: Any) -> None:
-        n = len(state.positions)
-        symbols = slab.get_chemical_symbols()
-        symbols += symbols[:1] * (n - len(symbols))  # the projectile is of the slab's element
-        frame = Atoms(symbols, positions=state.positions.copy(), cell=slab.cell, pbc=slab.pbc)
+        frame = frame_atoms(slab, state.positions.copy(), settings.projectile)
         # The integrator zeroes forces on fixed atoms; labels need the reference's own.
         forces = np.array(state.results["forces"], dtype=float)
         frame.calc = SinglePointCalculator(frame, energy=float(state.energy_eV), forces=forces)
@@ -227,9 +224,10 @@ def gather_explorations(paths: Sequence[Path]) -> dict[str, Any]:
     }
 
 
-def frame_atoms(slab: Atoms, positions: np.ndarray) -> Atoms:
+def frame_atoms(slab: Atoms, positions: np.ndarray, projectile: str | None = None) -> Atoms:
     """An exploration frame as :class:`ase.Atoms`: the slab's atoms, then projectiles of
-    the slab's element; ``positions`` (n_atoms, 3) Å; the slab's cell and periodicity."""
+    element ``projectile`` (default: the slab's first atom's); ``positions`` (n_atoms, 3)
+    Å; the slab's cell and periodicity."""
     symbols = slab.get_chemical_symbols()
-    symbols += symbols[:1] * (len(positions) - len(symbols))
+    symbols += [projectile or symbols[0]] * (len(positions) - len(symbols))
     return Atoms(symbols, positions=positions, cell=slab.cell, pbc=slab.pbc)

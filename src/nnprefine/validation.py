@@ -213,12 +213,12 @@ def verdict(
         m, r = lattice["model"], lattice["reference"]
         checks.append(
             (
-                "bulk hcp energy |NNP − ref| (meV/atom)",
+                f"bulk {lattice.get('crystal', 'hcp')} energy |NNP − ref| (meV/atom)",
                 1000 * abs(m["energy_eV_per_atom"] - r["energy_eV_per_atom"]),
                 targets.bulk_energy_meV_per_atom,
             )
         )
-        for k in ("a", "c"):
+        for k in ("a", "c") if lattice.get("crystal", "hcp") == "hcp" else ("a",):
             checks.append(
                 (
                     f"lattice {k} |NNP − ref| (%)",

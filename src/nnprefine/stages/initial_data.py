@@ -29,16 +29,19 @@ __all__ = ["init", "initial_data", "lattice", "prepared_slab"]
 
 
 def lattice(project: Project) -> dict[str, Any]:
-    """Relax hcp bulk with the reference (recorded once as the stage ``lattice``)."""
-    from nnprefine.structures import relax_hcp
+    """Relax the target's bulk (structures.crystal) with the reference (recorded once as
+    the stage ``lattice``): a_A, c_A (= a_A for bcc and fcc), energy_eV_per_atom."""
+    from nnprefine.structures import relax_bulk
 
     rec = project.stage_record("lattice")
     if rec is None:
         cfg = project.config
+        crystal = cfg.structures.crystal
         try:
-            rec = relax_hcp(
+            rec = relax_bulk(
                 cached_reference(cfg.reference.spec()),
                 element=cfg.project.element,
+                crystal=crystal,
                 a_A=cfg.structures.a_A,
                 c_A=cfg.structures.c_A,
             )
@@ -46,18 +49,19 @@ def lattice(project: Project) -> dict[str, Any]:
             if isinstance(exc, ReferenceCalculationError | ConfigError):
                 raise
             raise ReferenceCalculationError(
-                f"relaxing hcp {cfg.project.element} with the reference failed "
+                f"relaxing {crystal} {cfg.project.element} with the reference failed "
                 f"({type(exc).__name__}: {exc}); check [reference] with "
                 "'nnprefine check-reference'"
             ) from exc
         if not all(math.isfinite(rec[k]) for k in ("a_A", "c_A", "energy_eV_per_atom")):
             raise ReferenceCalculationError(
-                f"relaxing hcp {cfg.project.element} with the reference gave {rec}; the "
+                f"relaxing {crystal} {cfg.project.element} with the reference gave {rec}; the "
                 "reference returns NaN or inf"
             )
         project.record_stage("lattice", rec)
         project.say(
-            f"reference hcp {cfg.project.element}: a = {rec['a_A']:.4f} Å, c = {rec['c_A']:.4f} Å, "
+            f"reference {crystal} {cfg.project.element}: a = {rec['a_A']:.4f} Å, "
+            f"c = {rec['c_A']:.4f} Å, "
             f"E = {rec['energy_eV_per_atom']:.4f} eV/atom"
         )
     return rec
@@ -125,6 +129,7 @@ def _prepare(
         c_A=c,
         vacuum_A=slab_config.vacuum_A,
         element=project.config.project.element,
+        crystal=st.crystal,
         fixed_layers=st.fixed_layers,
         relax_fmax_eV_per_A=st.relax_fmax_eV_per_A,
         temperature_K=st.temperature_K,
@@ -138,7 +143,7 @@ def _prepare(
 
 def _initial_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:
     """(key, arguments) of every reference trajectory of the initial data."""
-    from nnprefine.structures import hcp_bulk
+    from nnprefine.structures import bulk_cell
 
     cfg = project.config
     init = cfg.initial_data
@@ -175,7 +180,8 @@ def _initial_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:
         lat = lattice(project)
         for strain in init.bulk_strains:
             a, c = lat["a_A"] * (1 + strain), lat["c_A"] * (1 + strain)
-            bulk = hcp_bulk(cfg.project.element, a_A=a, c_A=c).repeat(init.bulk_size)
+            cell = bulk_cell(cfg.project.element, cfg.structures.crystal, a, c)
+            bulk = cell.repeat(init.bulk_size)
             add(
                 f"bulk-{strain:+.3f}",
                 bulk,

@@ -285,7 +285,7 @@ class Project:
 
         return FrameStore(
             self.data_db,
-            elements=(self.config.project.element,),
+            elements=self.config.elements,
             test_fraction=self.config.training.test_fraction,
         )
 

@@ -183,7 +183,8 @@ def refine_iteration(project: Project, k: int, slab: Atoms, surface: str) -> dic
         energy_threshold_eV_per_atom=rules.energy_threshold_eV_per_atom,
         force_threshold_eV_per_A=rules.force_threshold_eV_per_A,
     )
-    frames = [frame_atoms(slab, explored["positions"][i]) for i in sel.selected]
+    projectile = project.config.refine.exploration.projectile
+    frames = [frame_atoms(slab, explored["positions"][i], projectile) for i in sel.selected]
     provenance = [
         {
             "trajectory": str(explored["trajectory"][i]),

@@ -182,14 +182,24 @@ def _yield_plot(project: Project, path: Path) -> Any:
             series.append((f"this work ({c['label'].removesuffix('/model')}, NNP)", ests, fit))
     if not series:
         return None
+    cfg = project.config
+    self_be = cfg.project.element == "Be" and cfg.elements == ("Be",)
+    kw = {} if self_be else {"published": None}  # the paper's points are Be on Be
     return plot_yields(
         path,
         series[0][1],
         series[0][2],
         label=series[0][0],
-        title=f"{project.config.project.element} self-sputtering",
+        title=_title(cfg),
         more=series[1:],
+        **kw,
     )
+
+
+def _title(cfg: Any) -> str:
+    """'Be self-sputtering', or 'Be on W sputtering' for a projectile of another element."""
+    target, ions = cfg.project.element, cfg.project.projectile_element
+    return f"{target} self-sputtering" if ions == target else f"{ions} on {target} sputtering"
 
 
 def _dataset_growth(project: Project) -> list[dict[str, int]]:
@@ -214,6 +224,13 @@ def summary(project: Project) -> dict[str, Any]:
     cfg = project.config
     out: dict[str, Any] = {
         "project": cfg.project.name,
+        "system": {
+            "title": _title(cfg),
+            "target": cfg.project.element,
+            "crystal": cfg.structures.crystal,
+            "projectile": cfg.project.projectile_element,
+            "elements": list(cfg.elements),
+        },
         "code_version": __version__,
         "reference": cfg.reference.spec(),
         "iterations": [],

@@ -35,7 +35,7 @@ def new_committee(project: Project) -> Any:
     path = cfg.initial_model_path()
     if path is None:
         return Committee.create(
-            cfg.descriptor.symmetry_functions(cfg.project.element),
+            cfg.descriptor.symmetry_functions(cfg.elements),
             n_members=net.committee_size,
             hidden=net.hidden,
             activation=net.activation,
@@ -154,7 +154,7 @@ def train_final(project: Project) -> dict[str, Any]:
     if rec is not None:
         return rec
     from nnprefine.calculators import NNPCalculator
-    from nnprefine.structures import relax_hcp
+    from nnprefine.structures import relax_bulk
 
     cfg = project.config
     refine_rec = project.stage_record("refine")
@@ -170,8 +170,12 @@ def train_final(project: Project) -> dict[str, Any]:
         **{f"{s}_{key}": v for s, d in parity.items() for key, v in d.items()},
     )
     ref_lat = lattice(project)
-    nnp_lat = relax_hcp(
-        NNPCalculator(member), element=cfg.project.element, a_A=ref_lat["a_A"], c_A=ref_lat["c_A"]
+    nnp_lat = relax_bulk(
+        NNPCalculator(member),
+        element=cfg.project.element,
+        crystal=cfg.structures.crystal,
+        a_A=ref_lat["a_A"],
+        c_A=ref_lat["c_A"],
     )
     slab = prepared_slab(project, cfg.initial_data.slab)
     if "reference_energy_eV" in slab.info:
@@ -184,6 +188,7 @@ def train_final(project: Project) -> dict[str, Any]:
     rec = {
         **train_rec,
         "lattice": {
+            "crystal": cfg.structures.crystal,  # c = a for bcc and fcc
             "model": {
                 "a": nnp_lat["a_A"],
                 "c": nnp_lat["c_A"],

@@ -65,7 +65,7 @@ def _trajectory_tasks(project: Project) -> list[tuple[str, dict[str, Any]]]:
 
 def _single_frames(project: Project) -> list[tuple[str, Any]]:
     """(trajectory name, Atoms) of the validation frames that are single structures."""
-    from nnprefine.structures import hcp_bulk
+    from nnprefine.structures import bulk_cell
 
     cfg = project.config
     out = []
@@ -82,8 +82,11 @@ def _single_frames(project: Project) -> list[tuple[str, Any]]:
         )
     rec = lattice(project)
     for strain in cfg.validation.bulk_strains:
-        bulk = hcp_bulk(
-            cfg.project.element, a_A=rec["a_A"] * (1 + strain), c_A=rec["c_A"] * (1 + strain)
+        bulk = bulk_cell(
+            cfg.project.element,
+            cfg.structures.crystal,
+            a_A=rec["a_A"] * (1 + strain),
+            c_A=rec["c_A"] * (1 + strain),
         )
         out.append((f"validation-bulk-{strain:+.3f}", bulk))
     return out
