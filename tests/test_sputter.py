@@ -362,6 +362,38 @@ def test_eckstein_fit_recovers_known_parameters():
         fit_eckstein(energies[:3], y[:3], sigma[:3])
 
 
+def test_eckstein_fit_of_another_pair_uses_its_reduced_energy_and_starts_from_the_data():
+    """Be on W: ε carries Z = 4, 74 and M = 9.01, 183.84 (hand value), and a fit of yields
+    far from the paper's q = 0.82 converges from its data-derived start with the pair's
+    ε; the Be-on-Be ε cannot describe the same points."""
+    from nnprefine.yields import _start_from_data, collision_pair
+
+    be_w = collision_pair("Be", "W")
+    assert (be_w["z1"], be_w["z2"]) == (4, 74) and be_w["m2_amu"] == pytest.approx(183.84)
+    # a_L = (9π²/128)^(1/3) 0.529177 / sqrt(4^(2/3) + 74^(2/3)) = 0.46851 / 4.4886
+    # = 0.104378 Å; ε(100 eV) = 100 · 183.84/192.85 · 0.104378 / (4 · 74 · 14.3996)
+    # = 0.0023344
+    assert reduced_energy(100.0, **be_w) == pytest.approx(0.0023344, rel=1e-4)
+    truth = dict(threshold_eV=30.0, q=3.0, mu=1.34, lambda_=2.03)
+    energies = np.array([20, 25, 40, 60, 100, 200, 400], dtype=float)
+    y_true = eckstein_yield(energies, **truth, **be_w)
+    sigma = 0.05 * y_true + 1e-5
+    y = y_true + sigma * np.random.default_rng(3).standard_normal(len(energies))
+    y[y_true == 0] = 0.0
+    fixed = dict(mu=1.34, lambda_=2.03)
+    start = _start_from_data(energies, y, sigma, fixed, be_w)
+    assert 25.0 < start["threshold_eV"] < 40.0  # between the last zero and the first yield
+    assert 1.0 < start["q"] < 9.0  # from the data, not the paper's 0.82
+    fit = fit_eckstein(energies, y, sigma, fixed=fixed, pair=("Be", "W"))
+    assert fit.pair == ("Be", "W")
+    assert abs(fit.params["q"] - 3.0) < 4 * fit.errors["q"]
+    assert abs(fit.params["threshold_eV"] - 30.0) < 4 * fit.errors["threshold_eV"]
+    assert fit(energies) == pytest.approx(eckstein_yield(energies, **fit.params, **be_w))
+    assert fit.chi2 / fit.dof < 3
+    wrong = fit_eckstein(energies, y, sigma, fixed=fixed)  # Be on Be
+    assert wrong.chi2 > 10 * fit.chi2
+
+
 def test_eckstein_fit_errors_are_one_sigma():
     # Coverage: over many noisy data sets, the truth lies within ±1 error of the fitted
     # threshold in ~68 % of fits (a 2σ error would give ~95 %, a 0.5σ one ~38 %).

@@ -216,7 +216,27 @@ def eckstein_yield(
 
 
 _PARAMS = ("threshold_eV", "q", "mu", "lambda_")
-_PAPER_START = {"threshold_eV": 53.0, "q": 0.82, "mu": 1.34, "lambda_": 2.03}
+#: μ and λ of the paper's Be(0001) fits, held fixed when fitting a campaign
+PAPER_MU, PAPER_LAMBDA = 1.34, 2.03
+#: The paper's published Be(0001) fit. In the standard (IAEA) form :func:`eckstein_yield`
+#: uses, these values give Y(100 eV) = 0.009 against the paper's own 0.056 ± 0.021; they
+#: reproduce its yields only with ε ten times larger (Y(100 eV) = 0.061), i.e. a unit slip
+#: in the paper. They are a reference point, never a fit's start.
+PAPER_BE0001_FIT = {"threshold_eV": 53.0, "q": 0.82, "mu": PAPER_MU, "lambda_": PAPER_LAMBDA}
+
+
+def collision_pair(projectile: str = "Be", target: str = "Be") -> dict[str, Any]:
+    """Atomic numbers and masses (amu) of a projectile–target pair, as
+    :func:`eckstein_yield` takes them (``z1``, ``m1_amu``: the projectile's)."""
+    from ase.data import atomic_masses, atomic_numbers
+
+    z1, z2 = atomic_numbers[projectile], atomic_numbers[target]
+    return {
+        "z1": z1,
+        "z2": z2,
+        "m1_amu": float(atomic_masses[z1]),
+        "m2_amu": float(atomic_masses[z2]),
+    }
 
 
 @dataclass(frozen=True)
@@ -228,9 +248,30 @@ class EcksteinFit:
     fixed: tuple[str, ...]
     chi2: float
     dof: int
+    #: (projectile, target) elements: the reduced energy's atomic numbers and masses
+    pair: tuple[str, str] = ("Be", "Be")
 
     def __call__(self, energy_eV: np.ndarray | float) -> np.ndarray:
-        return eckstein_yield(energy_eV, **self.params)
+        return eckstein_yield(energy_eV, **self.params, **collision_pair(*self.pair))
+
+
+def _start_from_data(
+    e: np.ndarray, y: np.ndarray, s: np.ndarray, fixed: Mapping[str, float], pair: dict[str, Any]
+) -> dict[str, float]:
+    """Start values from the yields themselves: E_th halfway between the highest energy
+    without sputtering below the first with it (or 0.8× that first energy), q the
+    weighted least-squares scale of the curve with that E_th (closed form, Y ∝ q)."""
+    order = np.argsort(e)
+    e, y, s = e[order], y[order], s[order]
+    hits = np.flatnonzero(y > 0)
+    first = float(e[hits[0]]) if len(hits) else float(e.max())
+    zeros = e[(y == 0) & (e < first)]
+    threshold = fixed.get("threshold_eV", (zeros.max() + first) / 2 if len(zeros) else 0.8 * first)
+    mu, lam = fixed.get("mu", PAPER_MU), fixed.get("lambda_", PAPER_LAMBDA)
+    g = eckstein_yield(e, threshold, 1.0, mu, lam, **pair)
+    den = float((g**2 / s**2).sum())
+    q = float((g * y / s**2).sum()) / den if den > 0 else 1.0
+    return {"threshold_eV": float(threshold), "q": max(q, 1e-3), "mu": mu, "lambda_": lam}
 
 
 def fit_eckstein(
@@ -239,14 +280,16 @@ def fit_eckstein(
     sigma: Sequence[float],
     fixed: Mapping[str, float] | None = None,
     start: Mapping[str, float] | None = None,
+    pair: tuple[str, str] = ("Be", "Be"),
 ) -> EcksteinFit:
-    """Weighted least-squares fit of :func:`eckstein_yield` (Be on Be) to measured yields.
+    """Weighted least-squares fit of :func:`eckstein_yield` to measured yields of the
+    ``pair`` (projectile, target) elements.
 
     ``sigma``: the yields' uncertainties (> 0; for campaign estimates use
     :attr:`YieldEstimate.fit_sigma`, which is non-zero at Y = 0). ``fixed`` holds
     parameters kept constant (names: threshold_eV, q, mu, lambda_); the rest are free,
-    started from ``start`` or the paper's Be(0001) values. Uncertainties are from
-    ``scipy.optimize.curve_fit`` with ``absolute_sigma=True``.
+    started from ``start`` or from values derived from the data (:func:`_start_from_data`).
+    Uncertainties are from ``scipy.optimize.curve_fit`` with ``absolute_sigma=True``.
     """
     fixed = dict(fixed or {})
     unknown = set(fixed) - set(_PARAMS) | set(start or {}) - set(_PARAMS)
@@ -264,7 +307,8 @@ def fit_eckstein(
             f"{len(e)} points cannot determine {len(free)} free parameters; fix some "
             "(e.g. fixed={'mu': 1.34, 'lambda_': 2.03}) or add energies"
         )
-    p0 = [dict(_PAPER_START, **(start or {}))[p] for p in free]
+    z_m = collision_pair(*pair)
+    p0 = [dict(_start_from_data(e, y, s, fixed, z_m), **(start or {}))[p] for p in free]
     lower = {"threshold_eV": 1e-3, "q": 0.0, "mu": 0.05, "lambda_": 1e-6}
     upper = {"threshold_eV": float(e.max()), "q": np.inf, "mu": 10.0, "lambda_": np.inf}
     p0 = [
@@ -272,7 +316,7 @@ def fit_eckstein(
     ]
 
     def model(x: np.ndarray, *vals: float) -> np.ndarray:
-        return eckstein_yield(x, **fixed, **dict(zip(free, vals, strict=True)))
+        return eckstein_yield(x, **fixed, **dict(zip(free, vals, strict=True)), **z_m)
 
     popt, pcov = optimize.curve_fit(
         model,
@@ -296,14 +340,13 @@ def fit_eckstein(
         fixed=tuple(sorted(fixed)),
         chi2=chi2,
         dof=len(e) - len(free),
+        pair=(pair[0], pair[1]),
     )
 
 
 #: the least data an Eckstein fit (free E_th and q) is attempted on: energies, energies
 #: with sputtering, sputtered atoms in all. With fewer, q and E_th are not determined.
 MIN_FIT_ENERGIES, MIN_FIT_ENERGIES_WITH_EVENTS, MIN_FIT_EVENTS = 3, 2, 5
-#: μ and λ of the paper's Be(0001) fits, held fixed when fitting a campaign
-PAPER_MU, PAPER_LAMBDA = 1.34, 2.03
 
 
 def eckstein_fit_skip_reason(estimates: Sequence[YieldEstimate]) -> str | None:
@@ -323,8 +366,11 @@ def eckstein_fit_skip_reason(estimates: Sequence[YieldEstimate]) -> str | None:
     )
 
 
-def fit_campaign(estimates: Sequence[YieldEstimate]) -> EcksteinFit | None:
-    """Eckstein fit of a campaign's yields, μ and λ fixed at the paper's values.
+def fit_campaign(
+    estimates: Sequence[YieldEstimate], pair: tuple[str, str] = ("Be", "Be")
+) -> EcksteinFit | None:
+    """Eckstein fit of a campaign's yields (``pair``: projectile, target), μ and λ fixed at
+    the paper's values, E_th and q free.
 
     None when the data are too few (:func:`eckstein_fit_skip_reason`).
     """
@@ -335,6 +381,7 @@ def fit_campaign(estimates: Sequence[YieldEstimate]) -> EcksteinFit | None:
         [e.yield_ for e in estimates],
         [e.fit_sigma for e in estimates],
         fixed={"mu": PAPER_MU, "lambda_": PAPER_LAMBDA},
+        pair=pair,
     )
 
 
@@ -378,7 +425,13 @@ def plot_yields(
     if published:
         pe, py, pd = zip(*published, strict=True)
         ax.errorbar(
-            pe, py, yerr=pd, fmt="s", mfc="none", capsize=3, label="paper, NNP5 (490 atoms)"
+            pe,
+            py,
+            yerr=pd,
+            fmt="s",
+            mfc="none",
+            capsize=3,
+            label="paper, NNP5 (490 atoms; its fit q = 0.82 matches these only with ε ×10)",
         )
     energies = [x.energy_eV for x in est] + ([p[0] for p in published] if published else [])
     if fit is not None and energies:

@@ -145,13 +145,15 @@ def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, 
                 project.say(f"Eckstein fit of {c['label']} skipped: {skip}")
                 continue
             try:
-                fit = fit_campaign(ests)
+                fit = fit_campaign(ests, pair=_pair(project, c))
             except (NnprefineError, RuntimeError, ValueError) as exc:
                 project.say(f"Eckstein fit of {c['label']} failed: {exc}")
                 continue
             fits.append(
                 {
                     "surface": surface,
+                    "projectile": fit.pair[0],
+                    "target": fit.pair[1],
                     **fit.params,
                     **{f"{k}_error": v for k, v in fit.errors.items() if k not in fit.fixed},
                     "fixed": ", ".join(fit.fixed),
@@ -176,7 +178,7 @@ def _yield_plot(project: Project, path: Path) -> Any:
             if not ests:
                 continue
             try:
-                fit = fit_campaign(ests)
+                fit = fit_campaign(ests, pair=_pair(project, c))
             except Exception:  # a failed fit is reported in the summary; the points stay
                 fit = None
             series.append((f"this work ({c['label'].removesuffix('/model')}, NNP)", ests, fit))
@@ -194,6 +196,13 @@ def _yield_plot(project: Project, path: Path) -> Any:
         more=series[1:],
         **kw,
     )
+
+
+def _pair(project: Project, c: dict[str, Any]) -> tuple[str, str]:
+    """(projectile, target) of campaign ``c``: the elements the Eckstein formula needs."""
+    cfg = project.config
+    ions = c["production"].impact.projectile or cfg.project.projectile_element
+    return ions, cfg.project.element
 
 
 def _title(cfg: Any) -> str:
