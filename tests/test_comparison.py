@@ -100,6 +100,9 @@ def test_sputtered_distribution_plot(tmp_path):
         tmp_path / "h.png", _rows([0, 1, 2]), _rows([1, 0, 0]), title="test"
     )
     assert path.stat().st_size > 5000
+    # a campaign without a reference check: the model's histograms alone
+    alone = plot_sputtered_distributions(tmp_path / "m.png", _rows([0, 1, 2]), [], title="m")
+    assert alone.stat().st_size > 5000
 
 
 def test_the_flag_table_counts_watched_seeds_by_flag_and_fate():

@@ -582,7 +582,13 @@ def test_second_surface_round_compares_the_first_surface_model_with_the_final_on
     assert {(y["surface"], y["driver"], y["trajectories"]) for y in summary["yields"]} >= {
         ("Be(01-10)-2x4x4", "model", 2)
     }
-    assert "Transferability" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "Transferability" in html
+    # one yield panel per surface, both in the report
+    for name in ("yields.png", "yields_1.png"):
+        assert (out / "figures" / name).stat().st_size > 5000, name
+    for name in ("yields.png", "yields_1.png"):
+        assert f'<img alt="{name}"' in html, name
     capsys.readouterr()
     assert main(["status", str(config)]) == 0
     assert "model iter-003" in capsys.readouterr().out

@@ -197,7 +197,8 @@ def plot_sputtered_distributions(
     title: str = "sputtered atoms",
 ) -> Path:
     """Histograms of the sputtered atoms' kinetic energy and polar angle, both drivers
-    overlaid (normalised per impact, so the areas are the yields); a PNG."""
+    overlaid (normalised per impact, so the areas are the yields); a PNG. A driver
+    without rows (no reference check) is left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,6 +206,7 @@ def plot_sputtered_distributions(
 
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), dpi=120)
     series = [("NNP", model_rows, "tab:blue"), ("reference", reference_rows, "tab:orange")]
+    series = [s for s in series if s[1]]
     data = [(name, sputtered_atoms(rows), len(_physical(rows)), c) for name, rows, c in series]
     top = max([float(d[1][0].max()) for d in data if d[1][0].size] + [1.0])
     bins_e = np.linspace(0.0, top, 16)

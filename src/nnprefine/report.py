@@ -439,6 +439,9 @@ def write_html(
             )
         )
     parts.append("<h2>Sputtering yields (paper Fig. 5, Table 2)</h2>" + figs("yields"))
+    if figures.get("sputtered"):
+        parts.append("<h3>Sputtered atoms: kinetic energy and polar angle</h3>")
+        parts.append(figs("sputtered"))
     parts.append(
         _table(
             summary.get("yields", []),

@@ -164,12 +164,13 @@ def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, 
     return rows, fits
 
 
-def _yield_plot(project: Project, path: Path) -> Any:
-    """The first model campaign's yields with its fit (None when there is nothing to plot)."""
+def _yield_plot(project: Project, path: Path) -> list[Path]:
+    """One panel per surface: every model campaign on it with its fit (``path`` for the
+    first surface, ``<stem>_<n>.png`` for the next); empty when there is nothing to plot."""
     from nnprefine.sputter import ResultsDB
     from nnprefine.yields import fit_campaign, plot_yields
 
-    series = []
+    panels: dict[str, list[Any]] = {}
     with ResultsDB(project.results_db) as db:
         for c in unique_campaigns(project):
             if c["driver"] != "model":
@@ -181,21 +182,56 @@ def _yield_plot(project: Project, path: Path) -> Any:
                 fit = fit_campaign(ests, pair=_pair(project, c))
             except Exception:  # a failed fit is reported in the summary; the points stay
                 fit = None
-            series.append((f"this work ({c['label'].removesuffix('/model')}, NNP)", ests, fit))
-    if not series:
-        return None
+            label = f"this work ({c['label'].removesuffix('/model')}, NNP)"
+            panels.setdefault(c["production"].slab.label, []).append((label, ests, fit))
     cfg = project.config
     self_be = cfg.project.element == "Be" and cfg.elements == ("Be",)
-    kw = {} if self_be else {"published": None}  # the paper's points are Be on Be
-    return plot_yields(
-        path,
-        series[0][1],
-        series[0][2],
-        label=series[0][0],
-        title=_title(cfg),
-        more=series[1:],
-        **kw,
-    )
+    out = []
+    for n, (surface, series) in enumerate(panels.items()):
+        # the paper's points are Be on Be(0001)
+        published = {} if self_be and "(0001)" in surface else {"published": None}
+        out.append(
+            plot_yields(
+                path if n == 0 else path.with_name(f"{path.stem}_{n}{path.suffix}"),
+                series[0][1],
+                series[0][2],
+                label=series[0][0],
+                title=f"{_title(cfg)}, {surface.split('-')[0]}",
+                more=series[1:],
+                **published,
+            )
+        )
+    return out
+
+
+def _sputtered_plots(project: Project, figs: Path) -> list[Path]:
+    """Per model campaign that sputtered: histograms of the sputtered atoms' kinetic
+    energy and polar angle, all energies pooled, beside its reference check's if any."""
+    from nnprefine.comparison import plot_sputtered_distributions, sputtered_atoms
+    from nnprefine.sputter import ResultsDB
+
+    out = []
+    with ResultsDB(project.results_db) as db:
+        found = unique_campaigns(project)
+        for c in found:
+            rows = db.rows(c["label"]) if c["driver"] == "model" else []
+            if not sputtered_atoms(rows)[0].size:
+                continue
+            check = [
+                r
+                for ref in found
+                if ref["driver"] == "reference" and ref["production"] is c["production"]
+                for r in db.rows(ref["label"])
+            ]
+            out.append(
+                plot_sputtered_distributions(
+                    figs / f"sputtered_{len(out)}.png",
+                    rows,
+                    check,
+                    title=f"sputtered atoms, {c['label']} (all energies)",
+                )
+            )
+    return out
 
 
 def _pair(project: Project, c: dict[str, Any]) -> tuple[str, str]:
@@ -364,9 +400,10 @@ def report(project: Project) -> dict[str, Any]:
             alpha=out["validation"]["calibration"]["force"],
         )
     if out["yields"]:
-        plot = _yield_plot(project, figs / "yields.png")
-        if plot is not None:
-            figures["yields"] = plot
+        plots = _yield_plot(project, figs / "yields.png")
+        if plots:
+            figures["yields"] = plots
+        figures["sputtered"] = _sputtered_plots(project, figs)
     rp.write_summary(out, project.dir / "summary.json")
     rp.write_html(project.dir / "report.html", out, figures)
     return out
