@@ -315,6 +315,35 @@ def test_one_kalman_update_reduces_the_error_of_the_component_it_used(sfset, fra
     assert abs(before) > 1e-3 and abs(after) < 0.5 * abs(before)
 
 
+@pytest.mark.parametrize("layout", ["dense", "pairs"])
+def test_batched_force_components_equal_one_backward_pass_per_component(frames, layout):
+    """The Kalman force update's Jacobian ∂F_c/∂w from one batched pass (sparse rows of
+    ∂G/∂r, vmap through the networks) equals m separate backward passes through the
+    forces, on a two-element frame (Be cell with two atoms made W) and a Be one."""
+    from nnprefine.reference import SnapReference
+
+    mixed = frames[0].copy()
+    mixed.symbols[[1, 6]] = "W"
+    mixed.calc = SnapReference()
+    e, f = mixed.get_potential_energy(), mixed.get_forces()
+    mixed.calc = SinglePointCalculator(mixed, energy=e, forces=f)
+    sfset = make_set(["Be", "W"], n_radial=3, n_narrow=2, n_wide=2, r_cut_A=4.5)
+    pot = NNPotential(sfset, hidden=(5, 4), seed=2)
+    prepared = _prepare([mixed, frames[1]], pot, 1.0, _JacobianBudget(2**30, "float64", layout))
+    tm = _TorchModel(pot)
+    rng = np.random.default_rng(1)
+    for frame in prepared:
+        assert (frame.jacobian.matrix is not None) == (layout == "dense")
+        comps = torch.from_numpy(rng.choice(3 * frame.n_atoms, size=9, replace=False))
+        _, forces = tm.forward([frame], True)
+        flat = forces[0].reshape(-1)
+        loop = torch.stack([tm.flat_grad(flat[int(c)], retain_graph=True) for c in comps], 1)
+        values, h = tm.force_components(frame, comps)
+        assert float(loop.abs().max()) > 1e-3  # not trivially zero
+        torch.testing.assert_close(values, flat.detach()[comps], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(h, loop, rtol=1e-10, atol=1e-12)
+
+
 def test_model_selection_needs_ten_frames_and_ten_percent():
     assert _test_set_selects(90, 10) and _test_set_selects(200, 30)
     assert _test_set_selects(271, 29)  # a 10 % hash split of 300 frames

@@ -310,6 +310,26 @@ class _PairJacobian:
         parts = (self.matrix, self.centre, self.neighbour, self.blocks)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
+    def rows(self, components: torch.Tensor, n_functions: int) -> torch.Tensor:
+        """∂F_c/∂(dedg) (m, n_atoms, n_functions) float64 of the force components
+        ``components`` (m,) (flat index 3·atom + α): F_c is their dot product with dedg.
+
+        Sparse in the pairs layout: only the pairs that touch atom k of c contribute.
+        """
+        n, m = self.n_atoms, len(components)
+        if self.matrix is not None:
+            cols = self.matrix[:, components].T.to(torch.float64)  # (m, n·nf)
+            return -cols.reshape(m, n, -1)[:, :, :n_functions]
+        atom, alpha = components // 3, components % 3
+        # F_k gets +h_p where k is p's centre and −h_p where k is its neighbour
+        sign = (self.centre[None, :] == atom[:, None]).to(torch.int8) - (
+            self.neighbour[None, :] == atom[:, None]
+        ).to(torch.int8)
+        c, p = torch.nonzero(sign, as_tuple=True)
+        vals = sign[c, p, None].to(torch.float64) * self.blocks[p, alpha[c], :n_functions]
+        out = torch.zeros((m, n, n_functions), dtype=torch.float64)
+        return out.index_put_((c, self.centre[p]), vals, accumulate=True)
+
     def forces(self, dedg: torch.Tensor) -> torch.Tensor:
         """F (n_atoms, 3) float64, eV/Å, from dedg = ∂E/∂G (n_atoms, max_functions), eV.
 
@@ -506,20 +526,10 @@ class _TorchModel:
         the weights unless ``create_graph`` is False)."""
         g = torch.from_numpy(np.concatenate([f.values for f in frames]))
         g.requires_grad_(with_forces)
-        symbols = np.concatenate([f.symbols for f in frames])
         frame_of_atom = torch.from_numpy(
             np.repeat(np.arange(len(frames)), [f.n_atoms for f in frames])
         )
-        atom_e = torch.zeros(g.shape[0], dtype=torch.float64)
-        for el in self.pot.elements:
-            idx = np.flatnonzero(symbols == el)
-            if idx.size == 0:
-                continue
-            n = self.pot.sfset.n_functions(el)
-            a, c = self.affine[el]
-            ti = torch.from_numpy(idx)
-            x = g[ti, :n] * a[:n] + c[:n]
-            atom_e = atom_e.index_put((ti,), self.pot.networks[el](x))
+        atom_e = self._atom_energies(g, np.concatenate([f.symbols for f in frames]))
         offsets = torch.tensor([f.offset_eV for f in frames], dtype=torch.float64)
         energies = (
             torch.zeros(len(frames), dtype=torch.float64).index_add(0, frame_of_atom, atom_e)
@@ -537,6 +547,48 @@ class _TorchModel:
                     forces.append(_DescriptorForces.apply(w, f, self.pot.descriptor))
                 start += f.n_atoms
         return energies, forces
+
+    def _atom_energies(self, g: torch.Tensor, symbols: np.ndarray) -> torch.Tensor:
+        """Atomic energies (n,) eV of the networks on G (n, max_functions)."""
+        atom_e = torch.zeros(g.shape[0], dtype=torch.float64)
+        for el in self.pot.elements:
+            idx = np.flatnonzero(symbols == el)
+            if idx.size == 0:
+                continue
+            n = self.pot.sfset.n_functions(el)
+            a, c = self.affine[el]
+            ti = torch.from_numpy(idx)
+            x = g[ti, :n] * a[:n] + c[:n]
+            atom_e = atom_e.index_put((ti,), self.pot.networks[el](x))
+        return atom_e
+
+    def force_components(
+        self, frame: _Frame, components: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Force components F_c (m,) eV/Å of ``frame`` and their weight Jacobian
+        ∂F_c/∂w (n_w, m), for a frame with a cached Jacobian.
+
+        F_c = v_c · dedg with v_c a sparse row of ∂G/∂r (:meth:`_PairJacobian.rows`), so
+        ∂F_c/∂w is one batched backward pass of dedg through the networks (vmap over the m
+        rows): the descriptor's sparse product is not differentiated m times.
+        """
+        g = torch.from_numpy(frame.values).requires_grad_(True)
+        atom_e = self._atom_energies(g, frame.symbols)
+        (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=True)
+        v = frame.jacobian.rows(components, dedg.shape[1])
+        values = (v * dedg.detach()).sum(dim=(1, 2))
+        gs = torch.autograd.grad(
+            dedg, self.params, grad_outputs=v, allow_unused=True, is_grads_batched=True
+        )
+        m = len(components)
+        h = torch.cat(
+            [
+                torch.zeros((m, p.numel()), dtype=p.dtype) if gr is None else gr.reshape(m, -1)
+                for gr, p in zip(gs, self.params, strict=True)
+            ],
+            dim=1,
+        )
+        return values, h.T
 
     def flat_grad(self, y: torch.Tensor, retain_graph: bool) -> torch.Tensor:
         gs = torch.autograd.grad(y, self.params, retain_graph=retain_graph, allow_unused=True)
@@ -704,16 +756,16 @@ def _epoch_kalman(
             tm.set_flat_params(w)
         comps = picked[(picked >= bounds[i]) & (picked < bounds[i + 1])] - bounds[i]
         if comps.size:
-            _, forces = tm.forward([f], True)
-            flat = forces[0].reshape(-1)
-            h = (
-                torch.stack([tm.flat_grad(flat[int(c)], retain_graph=True) for c in comps], dim=1)
-                * s.force_weight
-            )
-            err = (
-                torch.from_numpy(f.forces_eV_per_A.reshape(-1)[comps])
-                - flat.detach()[torch.from_numpy(comps)]
-            ) * s.force_weight
+            picked_c = torch.from_numpy(comps)
+            if f.jacobian is not None:
+                values, h = tm.force_components(f, picked_c)
+            else:  # on the fly: one backward pass per component
+                _, forces = tm.forward([f], True)
+                flat = forces[0].reshape(-1)
+                values = flat.detach()[picked_c]
+                h = torch.stack([tm.flat_grad(flat[int(c)], retain_graph=True) for c in comps], 1)
+            h = h * s.force_weight
+            err = (torch.from_numpy(f.forces_eV_per_A.reshape(-1)[comps]) - values) * s.force_weight
             sf += float(((err / s.force_weight) ** 2).sum())
             n_comp += comps.size
             w = tm.flat_params()
