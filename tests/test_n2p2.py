@@ -54,6 +54,7 @@ def test_files_follow_n2p2_conventions(model, tmp_path):
     write_n2p2(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "input.nn",
+        "lammps.in",
         "scaling.data",
         "weights.004.data",
     ]
@@ -155,6 +156,17 @@ def test_training_keywords_are_ignored_and_baseline_snippet(model, tmp_path):
     assert style.split()[5].endswith("/")
     coeff = [line.split() for line in snippet.splitlines() if "* * hdnnp" in line]
     assert coeff == [["pair_coeff", "*", "*", "hdnnp", *with_zbl.elements]]
+
+
+def test_a_model_without_baseline_gets_a_plain_hdnnp_snippet(model, tmp_path):
+    assert model.baseline is None
+    write_n2p2(model, tmp_path / "plain")
+    lines = (tmp_path / "plain" / "lammps.in").read_text().splitlines()
+    style = next(line.split() for line in lines if line.startswith("pair_style"))
+    assert style[1:3] == ["hdnnp", f"{model.r_cut_A:g}"] and "zbl" not in style
+    assert [line.split() for line in lines if line.startswith("pair_coeff")] == [
+        ["pair_coeff", "*", "*", *model.elements]
+    ]
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,8 @@ LAMMPS's ``hdnnp`` takes the cutoff on the ``pair_style`` line and, in ``pair_co
 ``* *`` followed by one element per atom type (ML-HDNNP's ``PairHDNNP::coeff``); the
 directory is joined to the file names as written, hence the trailing slash.
 
-(``write_n2p2`` also writes these lines to ``lammps.in`` next to the files).
+(``write_n2p2`` also writes these lines to ``lammps.in`` next to the files; without a
+baseline, ``pair_style hdnnp ...`` and ``pair_coeff * * Be``; docs/lammps.md).
 """
 
 from __future__ import annotations
@@ -209,8 +210,7 @@ def write_n2p2(pot: NNPotential, directory: str | os.PathLike[str]) -> Path:
 
     for el in elements:
         _write_weights(directory / f"weights.{_z(el):03d}.data", pot, el, order[el])
-    if pot.baseline is not None:
-        _write_lammps_snippet(directory, pot, elements, pot.baseline)
+    _write_lammps_snippet(directory, pot, elements, pot.baseline)
     return directory
 
 
@@ -238,22 +238,31 @@ def _write_weights(path: Path, pot: NNPotential, el: str, perm: np.ndarray) -> N
 
 
 def _write_lammps_snippet(
-    directory: Path, pot: NNPotential, elements: Sequence[str], base: ZBLBaseline
+    directory: Path, pot: NNPotential, elements: Sequence[str], base: ZBLBaseline | None
 ) -> None:
-    rc = pot.r_cut_A
-    lines = [
-        "# LAMMPS: the exported networks plus the ZBL baseline (types in this order: "
-        + " ".join(elements)
-        + ")",
-        f"pair_style hybrid/overlay hdnnp {rc:g} dir {str(directory).rstrip('/')}/ showew no "
-        f"showewsum 0 resetew no maxew 1000 cflength 1.0 cfenergy 1.0 zbl {base.r_inner_A:g} "
-        f"{base.r_outer_A:g}",
-        "pair_coeff * * hdnnp " + " ".join(elements),  # one element per atom type
-    ]
-    for a, ea in enumerate(elements, start=1):
-        for b, eb in enumerate(elements, start=1):
-            if b >= a:
-                lines.append(f"pair_coeff {a} {b} zbl {_z(ea)} {_z(eb)}")
+    """``lammps.in``: the pair lines of ML-HDNNP's ``pair_style hdnnp`` (docs/lammps.md),
+    overlaid with ``pair_style zbl`` when the model has the baseline."""
+    hdnnp = (
+        f"hdnnp {pot.r_cut_A:g} dir {str(directory).rstrip('/')}/ showew no showewsum 0 "
+        "resetew no maxew 1000 cflength 1.0 cfenergy 1.0"
+    )
+    types = " ".join(elements)  # one element per atom type, in type order
+    if base is None:
+        lines = [
+            f"# LAMMPS: the exported networks (types in this order: {types})",
+            f"pair_style {hdnnp}",
+            f"pair_coeff * * {types}",
+        ]
+    else:
+        lines = [
+            f"# LAMMPS: the exported networks plus the ZBL baseline (types in this order: {types})",
+            f"pair_style hybrid/overlay {hdnnp} zbl {base.r_inner_A:g} {base.r_outer_A:g}",
+            f"pair_coeff * * hdnnp {types}",
+        ]
+        for a, ea in enumerate(elements, start=1):
+            for b, eb in enumerate(elements, start=1):
+                if b >= a:
+                    lines.append(f"pair_coeff {a} {b} zbl {_z(ea)} {_z(eb)}")
     (directory / "lammps.in").write_text("\n".join(lines) + "\n")
 
 
