@@ -47,6 +47,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sf12ff10": {"n_radial": 12, "n_narrow": 8, "n_wide": 8, "kalman_force_fraction": 0.10},
     "sf12ff20": {"n_radial": 12, "n_narrow": 8, "n_wide": 8, "kalman_force_fraction": 0.20},
     "sf12ff30": {"n_radial": 12, "n_narrow": 8, "n_wide": 8, "kalman_force_fraction": 0.30},
+    "sf12ff20h20": {
+        "n_radial": 12,
+        "n_narrow": 8,
+        "n_wide": 8,
+        "kalman_force_fraction": 0.20,
+        "hidden": (20, 20),
+    },
+    "sf16ff20": {"n_radial": 14, "n_narrow": 10, "n_wide": 10, "kalman_force_fraction": 0.20},
     "sf12ff10e15": {
         "n_radial": 12,
         "n_narrow": 8,
