@@ -35,14 +35,6 @@ from nnprefine.model import NNPotential, ZBLBaseline
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def per_component(tm: Any, frame: Any, comps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The old path: forces with their graph, then one backward pass per component."""
-    _, forces = tm.forward([frame], True)
-    flat = forces[0].reshape(-1)
-    h = torch.stack([tm.flat_grad(flat[int(c)], retain_graph=True) for c in comps], 1)
-    return flat.detach()[comps], h
-
-
 def kalman_epoch_s(tm: Any, frames: list, settings: Any, seed: int) -> float:
     """Seconds of one Kalman member-epoch over ``frames``."""
     s = settings
@@ -84,7 +76,7 @@ def main() -> None:
         "weights": sum(p.numel() for p in tm.params),
     }
     warm = torch.arange(3)  # the first batched call builds vmap's rules: not timed
-    per_component(tm, frames[0], warm), tm.force_components(frames[0], warm)
+    tm.force_components_per_pass(frames[0], warm), tm.force_components(frames[0], warm)
     for fraction in args.fractions:
         t_old = t_new = 0.0
         worst = 0.0
@@ -92,7 +84,7 @@ def main() -> None:
             m = max(1, int(round(fraction * 3 * f.n_atoms)))
             comps = torch.from_numpy(rng.choice(3 * f.n_atoms, size=m, replace=False))
             t0 = time.perf_counter()
-            v_old, h_old = per_component(tm, f, comps)
+            v_old, h_old = tm.force_components_per_pass(f, comps)
             t1 = time.perf_counter()
             v_new, h_new = tm.force_components(f, comps)
             t2 = time.perf_counter()
@@ -113,7 +105,7 @@ def main() -> None:
     for fraction in (min(args.fractions), max(args.fractions)):
         s = dataclasses.replace(cfg.training.settings, kalman_force_fraction=fraction, quiet=True)
         new = kalman_epoch_s(tm, frames, s, seed=3)
-        tm.force_components = lambda f, c: per_component(tm, f, c)  # the old path
+        tm.force_components = tm.force_components_per_pass  # the old path
         old = kalman_epoch_s(tm, frames, s, seed=3)
         tm.force_components = batched
         key = f"f{fraction:g}"

@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> None:
             "config": str(args.config.resolve().relative_to(ROOT)),
             "campaign_seed": campaign_seed,
             "seed_label": seed_label,
-            "settings": settings_record(settings),
+            "settings": settings_record(settings, target=slab.get_chemical_symbols()[0]),
             "slab": slab_fingerprint(slab),
             "drivers": {args.driver: fingerprint},
         },

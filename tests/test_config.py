@@ -75,6 +75,12 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
         ({"production": [{"polar_deg": 95.0}]}, r"production\[0\].polar_deg = 95.0"),
         ({"refine": {"exploration_polar_deg": -5.0}}, r"refine.exploration_polar_deg = -5.0"),
         ({"production": [{"projectile": "Bee"}]}, r"production\[0\].projectile = 'Bee'"),
+        ({"production": [{"projectile": "X"}]}, r"production\[0\].projectile = 'X'"),
+        (
+            {"production": [{"projectile": "W"}], "descriptor": {"preset": "generated"}},
+            r"production\[0\].projectile = 'W' is not allowed: an element the training data "
+            r"holds: .* shoot Be; set initial_data.projectile",
+        ),
         (
             {"project": {"projectile": "W"}, "descriptor": {"preset": "paper"}},
             r"preset = 'paper' is the paper's one-element set; the project has Be, W",
@@ -229,17 +235,25 @@ def test_a_be_projectile_on_tungsten_gives_both_elements_and_bcc_slabs():
             "project": {"element": "W", "projectile": "Be"},
             "structures": {"crystal": "bcc", "a_A": 3.17},
             "descriptor": {"preset": "generated", "r_cut_A": 5.0},
-            "initial_data": {"slab": {"surface": "100", "size": [2, 2, 4]}},
-            "refine": {"exploration_polar_deg": 45.0, "exploration_azimuth_deg": 10.0},
             "production": [
                 {"slab": {"surface": "110", "size": [2, 4, 6]}, "polar_deg": 60.0},
                 {"slab": {"surface": "111", "size": [2, 2, 6]}, "projectile": "He"},
             ],
+            "initial_data": {
+                "slab": {"surface": "100", "size": [2, 2, 4]},
+                "projectile": "Be",
+                "energies_eV": [100.0],
+            },
+            "refine": {
+                "exploration_polar_deg": 45.0,
+                "exploration_azimuth_deg": 10.0,
+                "exploration_projectile": "He",  # He ions reach the data through exploration
+            },
         }
     )
     assert config.elements == ("Be", "He", "W")
     assert config.initial_data.impact.projectile == "Be"
-    assert config.refine.exploration.projectile == "Be"
+    assert config.refine.exploration.projectile == "He"
     assert (config.refine.exploration.polar_deg, config.refine.exploration.azimuth_deg) == (
         45.0,
         10.0,

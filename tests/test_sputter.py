@@ -394,6 +394,35 @@ def test_eckstein_fit_of_another_pair_uses_its_reduced_energy_and_starts_from_th
     assert wrong.chi2 > 10 * fit.chi2
 
 
+def test_the_papers_published_fit_reproduces_its_yields_only_with_epsilon_ten_times_larger():
+    """The unit slip documented in docs/report.md: q = 0.82, E_th = 53 eV in the standard
+    form give Y(100 eV) = 0.009 against the paper's 0.056 ± 0.021; ε × 10 gives 0.061."""
+    from nnprefine.yields import PAPER_BE0001_FIT
+
+    def tenfold(e):  # the same formula with ε ten times larger
+        eps = 10 * reduced_energy(e)
+        w = eps + 0.1728 * np.sqrt(eps) + 0.008 * eps**0.1504
+        sn = 0.5 * np.log1p(1.2288 * eps) / w
+        x = e / 53.0 - 1
+        return 0.82 * sn * x**1.34 / (2.03 / w + x**1.34)
+
+    e100, y100, d100 = next(p for p in PAPER_BE0001_NNP5 if p[0] == 100.0)
+    standard = float(eckstein_yield(100.0, **PAPER_BE0001_FIT))
+    assert standard == pytest.approx(0.009, abs=5e-4)
+    assert abs(standard - y100) > 2 * d100  # the published fit misses its own point
+    assert abs(tenfold(100.0) - y100) < d100
+
+
+def test_a_self_sputtering_record_leaves_the_projectile_out_so_old_records_stay_valid():
+    from nnprefine.sputter import settings_record
+
+    own = settings_record(ImpactSettings(projectile="Be"), target="Be")
+    assert "projectile" not in own  # as every record before the key existed
+    assert own == settings_record(ImpactSettings(), target="Be")
+    other = settings_record(ImpactSettings(projectile="Be"), target="W")
+    assert other["projectile"] == "Be"
+
+
 def test_eckstein_fit_errors_are_one_sigma():
     # Coverage: over many noisy data sets, the truth lies within ±1 error of the fitted
     # threshold in ~68 % of fits (a 2σ error would give ~95 %, a 0.5σ one ~38 %).

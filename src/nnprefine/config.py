@@ -921,6 +921,7 @@ class Config:
                 value.validate(f.name)
         self._check_cutoff_fits_slabs()
         self.descriptor.symmetry_functions(self.elements)  # 'paper' is for one element
+        self._check_projectiles_have_data()
         for i, p in enumerate(self.production):
             _check(
                 p.transfer_trajectories == 0
@@ -941,6 +942,23 @@ class Config:
                 "0 with structures.production_slab_driver = 'model' (the reference would have "
                 "to prepare the production slab, which that driver avoids)",
                 self.initial_data.production_slab_snapshots,
+            )
+
+    def _check_projectiles_have_data(self) -> None:
+        """A campaign's projectile must be in the training data: the initial data's or the
+        exploration's impacts shoot it, or it is a listed element of imported frames."""
+        shot = {self.initial_data.impact.projectile, self.refine.exploration.projectile}
+        imported = set(self.project.elements) if self.initial_data.import_files else set()
+        for i, p in enumerate(self.production):
+            ions = p.impact.projectile
+            _check(
+                ions in shot | imported,
+                f"production[{i}].projectile",
+                f"an element the training data holds: the initial data and exploration shoot "
+                f"{' and '.join(sorted(str(s) for s in shot))}; set initial_data.projectile or "
+                f"refine.exploration_projectile = {ions!r}, or import frames with it "
+                "(initial_data.import_files, and list it in project.elements)",
+                ions,
             )
 
     def _check_cutoff_fits_slabs(self) -> None:

@@ -394,7 +394,9 @@ class ImpactSettings:
                 f"polar_deg must be in [0, 90) degrees from the surface normal, got "
                 f"{self.polar_deg}"
             )
-        if self.projectile is not None and self.projectile not in atomic_numbers:
+        if self.projectile is not None and (
+            self.projectile not in atomic_numbers or self.projectile == "X"
+        ):
             raise ConfigError(
                 f"projectile must be a chemical symbol such as 'Be', got {self.projectile!r}"
             )

@@ -243,7 +243,7 @@ def _write_lammps_snippet(
     """``lammps.in``: the pair lines of ML-HDNNP's ``pair_style hdnnp`` (docs/lammps.md),
     overlaid with ``pair_style zbl`` when the model has the baseline."""
     hdnnp = (
-        f"hdnnp {pot.r_cut_A:g} dir {str(directory).rstrip('/')}/ showew no showewsum 0 "
+        f"hdnnp {pot.r_cut_A:g} dir {str(directory.resolve()).rstrip('/')}/ showew no showewsum 0 "
         "resetew no maxew 1000 cflength 1.0 cfenergy 1.0"
     )
     types = " ".join(elements)  # one element per atom type, in type order

@@ -116,9 +116,16 @@ def slab_fingerprint(slab: Atoms) -> str:
     return h.hexdigest()[:16]
 
 
-def settings_record(settings: ImpactSettings) -> dict[str, Any]:
-    """``settings`` as the plain data a campaign is recorded with in ``results.db``."""
-    return json.loads(json.dumps(asdict(settings), sort_keys=True, default=str))
+def settings_record(settings: ImpactSettings, target: str | None = None) -> dict[str, Any]:
+    """``settings`` as the plain data a campaign is recorded with in ``results.db``.
+
+    ``target``: the slab's element. A projectile of that element (self-sputtering, all
+    campaigns had before the key existed) is left out, so their records stay valid.
+    """
+    record = json.loads(json.dumps(asdict(settings), sort_keys=True, default=str))
+    if record.get("projectile") in (None, target):
+        record.pop("projectile", None)
+    return record
 
 
 class ResultsDB:
@@ -470,7 +477,7 @@ def run_campaign(
     driver = driver or type(calc).__name__
     meta = {
         "campaign_seed": int(campaign_seed),
-        "settings": settings_record(settings),
+        "settings": settings_record(settings, target=slab.get_chemical_symbols()[0]),
         "slab": slab_fingerprint(slab),
         "driver": driver,
         "driver_fingerprint": driver_fingerprint(calc),

@@ -590,6 +590,16 @@ class _TorchModel:
         )
         return values, h.T
 
+    def force_components_per_pass(
+        self, frame: _Frame, components: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`force_components`, for any frame: the forces with their graph, then one
+        backward pass per component (the on-the-fly path, and the benchmark's baseline)."""
+        _, forces = self.forward([frame], True)
+        flat = forces[0].reshape(-1)
+        h = torch.stack([self.flat_grad(flat[int(c)], retain_graph=True) for c in components], 1)
+        return flat.detach()[components], h
+
     def flat_grad(self, y: torch.Tensor, retain_graph: bool) -> torch.Tensor:
         gs = torch.autograd.grad(y, self.params, retain_graph=retain_graph, allow_unused=True)
         return torch.cat(
@@ -759,11 +769,8 @@ def _epoch_kalman(
             picked_c = torch.from_numpy(comps)
             if f.jacobian is not None:
                 values, h = tm.force_components(f, picked_c)
-            else:  # on the fly: one backward pass per component
-                _, forces = tm.forward([f], True)
-                flat = forces[0].reshape(-1)
-                values = flat.detach()[picked_c]
-                h = torch.stack([tm.flat_grad(flat[int(c)], retain_graph=True) for c in comps], 1)
+            else:
+                values, h = tm.force_components_per_pass(f, picked_c)
             h = h * s.force_weight
             err = (torch.from_numpy(f.forces_eV_per_A.reshape(-1)[comps]) - values) * s.force_weight
             sf += float(((err / s.force_weight) ** 2).sum())

@@ -33,6 +33,7 @@ __all__ = [
     "fit_campaign",
     "fit_eckstein",
     "plot_yields",
+    "collision_pair",
     "reduced_energy",
     "threshold_bracket",
     "wilson_interval",

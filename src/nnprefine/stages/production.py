@@ -76,9 +76,8 @@ def settings_differ(project: Project, db: Any, c: dict[str, Any]) -> list[str]:
         return []
     from nnprefine.sputter import settings_record
 
-    settings = settings_record(c["production"].impact)
-    # campaigns recorded before the key existed ran the target's own element
-    stored = {"projectile": project.config.project.element, **meta["settings"]}
+    settings = settings_record(c["production"].impact, target=project.config.project.element)
+    stored = meta["settings"]
     keys = (set(stored) | set(settings)) - {"r_cut_A"}  # r_cut_A is resolved from the model
     changed = sorted(k for k in keys if stored.get(k) != settings.get(k))
     if meta["campaign_seed"] != project.seed("production", c["seed_label"]):

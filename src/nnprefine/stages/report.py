@@ -103,9 +103,7 @@ def _comparison_rows(project: Project) -> list[dict[str, Any]]:
 
 def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of ``summary.json``'s ``yields`` and Eckstein fits, from ``results.db``."""
-    from nnprefine.errors import NnprefineError
     from nnprefine.sputter import ResultsDB
-    from nnprefine.yields import eckstein_fit_skip_reason, fit_campaign
 
     rows, fits = [], []
     with ResultsDB(project.results_db) as db:
@@ -140,14 +138,9 @@ def _yield_rows(project: Project) -> tuple[list[dict[str, Any]], list[dict[str, 
                 )
             if c["driver"] != "model":
                 continue
-            skip = eckstein_fit_skip_reason(ests)
-            if skip is not None:
-                project.say(f"Eckstein fit of {c['label']} skipped: {skip}")
-                continue
-            try:
-                fit = fit_campaign(ests, pair=_pair(project, c))
-            except (NnprefineError, RuntimeError, ValueError) as exc:
-                project.say(f"Eckstein fit of {c['label']} failed: {exc}")
+            fit, why = _campaign_fit(project, c, ests)
+            if fit is None:
+                project.say(f"Eckstein fit of {c['label']} {why}")
                 continue
             fits.append(
                 {
@@ -168,7 +161,7 @@ def _yield_plot(project: Project, path: Path) -> list[Path]:
     """One panel per surface: every model campaign on it with its fit (``path`` for the
     first surface, ``<stem>_<n>.png`` for the next); empty when there is nothing to plot."""
     from nnprefine.sputter import ResultsDB
-    from nnprefine.yields import fit_campaign, plot_yields
+    from nnprefine.yields import plot_yields
 
     panels: dict[str, list[Any]] = {}
     with ResultsDB(project.results_db) as db:
@@ -178,27 +171,32 @@ def _yield_plot(project: Project, path: Path) -> list[Path]:
             ests = _estimates(project, db, c)
             if not ests:
                 continue
-            try:
-                fit = fit_campaign(ests, pair=_pair(project, c))
-            except Exception:  # a failed fit is reported in the summary; the points stay
-                fit = None
+            fit, _ = _campaign_fit(project, c, ests)  # a failed fit: the points stay
             label = f"this work ({c['label'].removesuffix('/model')}, NNP)"
-            panels.setdefault(c["production"].slab.label, []).append((label, ests, fit))
-    cfg = project.config
-    self_be = cfg.project.element == "Be" and cfg.elements == ("Be",)
+            slab = c["production"].slab
+            panel = panels.setdefault(slab.label, {"slab": slab, "pairs": set(), "series": []})
+            panel["pairs"].add(_pair(project, c))
+            panel["series"].append((label, ests, fit))
     out = []
-    for n, (surface, series) in enumerate(panels.items()):
+    for n, panel in enumerate(panels.values()):
+        slab, series = panel["slab"], panel["series"]
+        surface = f"{slab.element}({slab.surface})"
+        if len(panel["pairs"]) == 1:
+            ions, target = next(iter(panel["pairs"]))
+            title = _title(ions, target) + f", {surface}"
+        else:
+            title = f"sputtering of {surface}"
         # the paper's points are Be on Be(0001)
-        published = {} if self_be and "(0001)" in surface else {"published": None}
+        paper = panel["pairs"] == {("Be", "Be")} and slab.surface == "0001"
         out.append(
             plot_yields(
                 path if n == 0 else path.with_name(f"{path.stem}_{n}{path.suffix}"),
                 series[0][1],
                 series[0][2],
                 label=series[0][0],
-                title=f"{_title(cfg)}, {surface.split('-')[0]}",
+                title=title,
                 more=series[1:],
-                **published,
+                **({} if paper else {"published": None}),
             )
         )
     return out
@@ -234,6 +232,26 @@ def _sputtered_plots(project: Project, figs: Path) -> list[Path]:
     return out
 
 
+def _campaign_fit(project: Project, c: dict[str, Any], ests: list[Any]) -> tuple[Any, str]:
+    """The Eckstein fit of model campaign ``c`` (μ, λ fixed), or None and why not."""
+    from nnprefine.errors import NnprefineError
+    from nnprefine.yields import eckstein_fit_skip_reason, fit_campaign
+
+    polar = c["production"].impact.polar_deg
+    if polar != 0:
+        return None, (
+            f"skipped: the Eckstein formula used is for normal incidence; the campaign "
+            f"shoots at {polar:g}° from the normal"
+        )
+    skip = eckstein_fit_skip_reason(ests)
+    if skip is not None:
+        return None, f"skipped: {skip}"
+    try:
+        return fit_campaign(ests, pair=_pair(project, c)), ""
+    except (NnprefineError, RuntimeError, ValueError) as exc:
+        return None, f"failed: {exc}"
+
+
 def _pair(project: Project, c: dict[str, Any]) -> tuple[str, str]:
     """(projectile, target) of campaign ``c``: the elements the Eckstein formula needs."""
     cfg = project.config
@@ -241,9 +259,8 @@ def _pair(project: Project, c: dict[str, Any]) -> tuple[str, str]:
     return ions, cfg.project.element
 
 
-def _title(cfg: Any) -> str:
+def _title(ions: str, target: str) -> str:
     """'Be self-sputtering', or 'Be on W sputtering' for a projectile of another element."""
-    target, ions = cfg.project.element, cfg.project.projectile_element
     return f"{target} self-sputtering" if ions == target else f"{ions} on {target} sputtering"
 
 
@@ -270,10 +287,12 @@ def summary(project: Project) -> dict[str, Any]:
     out: dict[str, Any] = {
         "project": cfg.project.name,
         "system": {
-            "title": _title(cfg),
+            "title": _title(cfg.project.projectile_element, cfg.project.element),
             "target": cfg.project.element,
             "crystal": cfg.structures.crystal,
             "projectile": cfg.project.projectile_element,
+            # every campaign's, when one names its own
+            "projectiles": sorted({p.impact.projectile for p in cfg.production}),
             "elements": list(cfg.elements),
         },
         "code_version": __version__,
