@@ -103,3 +103,56 @@ def test_a_binary_file_given_as_input_data_is_named(tmp_path, capsys):
     (tmp_path / "input.data").write_bytes(bytes(range(256)) * 4)
     assert main(["import", str(config), str(tmp_path / "input.data")]) == 1
     assert "is not a text file" in _one_line(capsys.readouterr().err)
+
+
+def test_an_ase_db_in_other_units_imports_converted_and_trains(tmp_path, capsys):
+    """ASE db of SNAP labels written in Hartree and Bohr: `import` with the units stores
+    eV and Å (the same numbers SNAP gives, and the units in each frame's provenance), and a
+    member trains on the imported frames."""
+    import sqlite3
+    from contextlib import closing
+
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.db import connect
+    from ase.units import Bohr, Hartree
+
+    from nnprefine.config import load_config
+    from nnprefine.dataset import FrameStore
+    from nnprefine.model import NNPotential
+    from nnprefine.reference import SnapReference
+    from nnprefine.training import TrainingSettings, train
+
+    snap, truth = SnapReference(), []
+    with connect(tmp_path / "set.db") as db:
+        for k in range(6):
+            a = bulk("Be", "hcp", a=2.24, c=3.6) * (2, 2, 2)
+            a.rattle(0.05, seed=k)
+            a.calc = snap
+            e, f = a.get_potential_energy(), a.get_forces()
+            truth.append((e, f, a.positions.copy()))
+            b = a.copy()
+            b.set_cell(a.cell / Bohr, scale_atoms=True)  # positions and cell in Bohr
+            b.calc = SinglePointCalculator(b, energy=e / Hartree, forces=f / Hartree * Bohr)
+            db.write(b)
+    config = write_tiny_config(tmp_path)
+    argv = ["import", str(config), str(tmp_path / "set.db"), "--energy-unit-eV", str(Hartree)]
+    assert main([*argv, "--length-unit-A", str(Bohr)]) == 0
+    assert "6 frames stored" in capsys.readouterr().out
+    with closing(sqlite3.connect(tmp_path / "out" / "data.db")) as con:
+        prov = [json.loads(r[0]) for r in con.execute("SELECT selection FROM frames ORDER BY id")]
+    assert prov[0]["energy_unit_eV"] == pytest.approx(Hartree) and "set.db" in prov[0]["file"]
+    cfg = load_config(config)
+    with FrameStore(tmp_path / "out" / "data.db", elements=cfg.elements) as store:
+        frames = store.frames(split="train") + store.frames(split="test")
+    assert len(frames) == 6
+    by_energy = sorted(frames, key=lambda a: a.get_potential_energy())
+    for a, (e, f, pos) in zip(by_energy, sorted(truth, key=lambda t: t[0]), strict=True):
+        assert a.get_potential_energy() == pytest.approx(e, abs=1e-8)
+        np.testing.assert_allclose(a.get_forces(), f, atol=1e-8)
+        np.testing.assert_allclose(a.positions, pos, atol=1e-8)
+    pot = NNPotential(cfg.descriptor.symmetry_functions(cfg.elements), hidden=(6,), seed=1)
+    settings = TrainingSettings(optimizer="adam", epochs=3, quiet=True, patience_epochs=3)
+    history = train(pot, frames[:5], frames[5:], settings)
+    assert len(history.rows) == 3 and all(np.isfinite(list(r.values())).all() for r in history.rows)
