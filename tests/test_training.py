@@ -140,6 +140,36 @@ def test_committee_training_keeps_members_different(sfset, frames):
     assert com[0].scaling.to_dict() == com[1].scaling.to_dict()
 
 
+def test_members_trained_in_worker_processes_match_members_trained_in_turn(sfset, frames, tmp_path):
+    """parallel_members = 2 trains member 2 in a spawned process on its own descriptor
+    cache: the same data, seeds and schedule as one after another, so the same weights
+    (to the round-off of another thread count) and the same history; its log is written."""
+    train_set, test_set = split_frames(frames)
+    runs = {}
+    for n in (1, 2):
+        com = Committee.create(sfset, n_members=2, hidden=(6,), seed=5)
+        settings = _quick(epochs=3, optimizer="kalman", parallel_members=n)
+        hists = train(com, train_set, test_set, settings, log_dir=tmp_path / f"p{n}")
+        runs[n] = (com, hists)
+    (seq, h_seq), (par, h_par) = runs[1], runs[2]
+    w_seq, w_par = seq[1].weight_arrays(), par[1].weight_arrays()
+    assert w_seq.keys() == w_par.keys()
+    for key in w_seq:
+        np.testing.assert_allclose(w_par[key], w_seq[key], rtol=1e-6, atol=1e-9)
+    assert [r["epoch"] for r in h_par[1].rows] == [r["epoch"] for r in h_seq[1].rows]
+    assert h_par[1].rows[-1]["test_rmse_force_meV_per_A"] == pytest.approx(
+        h_seq[1].rows[-1]["test_rmse_force_meV_per_A"], rel=1e-5
+    )
+    meta_seq, meta_par = seq[1].metadata["training"], par[1].metadata["training"]
+    assert meta_par["distinct_frames"] == meta_seq["distinct_frames"]
+    assert len(meta_par["log"]) == len(meta_seq["log"]) == 3
+    assert (tmp_path / "p2" / "member_001").is_dir()
+    assert "member 2 trained in a worker process" in (tmp_path / "p2" / "training.log").read_text()
+    assert "worker" not in (tmp_path / "p1" / "training.log").read_text()
+    with pytest.raises(ConfigError, match="parallel_members"):
+        _quick(parallel_members=-1)
+
+
 def test_force_function_backward_is_transpose_of_forward(sfset, frames):
     """⟨F(g), v⟩ = −⟨g, J v⟩: the JVP is the adjoint of the force pass (torch gradcheck)."""
     pot = NNPotential(sfset, hidden=(4,), seed=0)

@@ -46,13 +46,15 @@ Finished members are not retrained. At the end each member holds its best-on-tes
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,11 +129,19 @@ class TrainingSettings:
     #: all training frames; every other member its own bootstrap resample, drawn from
     #: ``seed``, so members disagree where data are thin) or "all" (every member all frames)
     member_frames: str = "bootstrap"
+    #: committee members trained at once, each in its own process on one thread (0: as
+    #: many as the machine has cores; 1: one after another in this process)
+    parallel_members: int = 0
     quiet: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "kalman"):
             raise ConfigError(f"optimizer must be 'adam' or 'kalman', got {self.optimizer!r}")
+        if not (isinstance(self.parallel_members, int) and self.parallel_members >= 0):
+            raise ConfigError(
+                f"parallel_members must be a whole number ≥ 0 (0: one per core), got "
+                f"{self.parallel_members!r}"
+            )
         for name in ("epochs", "batch_size_frames", "patience_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -993,6 +1003,75 @@ def _checkpoint(
     _write_csv(member_dir / "log.csv", history.rows)
 
 
+def _member_pool(n: int) -> Any:
+    """``n`` worker processes for committee members (spawned: no state shared by fork)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Torch on ``n`` threads inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_member_task(
+    pot: NNPotential,
+    train_frames: list[Atoms],
+    test_frames: list[Atoms],
+    s: TrainingSettings,
+    member_dir: Path | None,
+    k: int,
+    warm: bool,
+    select: bool,
+) -> tuple[NNPotential, TrainingHistory]:
+    """One member trained in a worker process on one thread: its own descriptor cache of
+    the same frames (the parent's is not shared), then :func:`_train_member`. It ends at
+    once when the parent dies (a killed run must not leave a writer of its checkpoints)."""
+    _exit_with(os.getppid())
+    torch.set_num_threads(1)
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except (ImportError, ValueError):
+        pass
+    budget = _JacobianBudget(s.jacobian_cache_GiB * 2**30, s.jacobian_dtype)
+    train_set = _prepare(train_frames, pot, s.neighbour_cache_mib_per_frame, budget)
+    test_set = _prepare(test_frames, pot, s.neighbour_cache_mib_per_frame, budget)
+    own = [train_set[i] for i in member_frame_indices(len(train_set), k, s)]
+    history = _train_member(pot, own, test_set, s, member_dir, k, None, warm, select)
+    pot.metadata["training"]["distinct_frames"] = len({id(f) for f in own})
+    return pot, history
+
+
+def _exit_with(parent: int) -> None:
+    """Exit this process as soon as ``parent`` is no longer its parent (polled, 0.5 s)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _take_weights(pot: NNPotential, trained: NNPotential) -> None:
+    """Copy a worker's trained member into the committee's own object."""
+    pot.set_weight_arrays(trained.weight_arrays())
+    pot.scaling, pot.energy_offsets_eV = trained.scaling, dict(trained.energy_offsets_eV)
+    pot.metadata = trained.metadata
+
+
 def train(
     model: NNPotential | Committee,
     train_frames: Sequence[Atoms],
@@ -1063,17 +1142,54 @@ def train(
             transient=True,
         )
         progress.start()
+    member_dirs = [
+        None if log_path is None else log_path / f"member_{k:03d}" for k in range(len(members))
+    ]
+    for d in member_dirs:
+        if d is not None:
+            d.mkdir(exist_ok=True)
+    import multiprocessing
+
+    workers = min(len(members), s.parallel_members or (os.cpu_count() or 1))
+    if multiprocessing.current_process().daemon:
+        workers = 1  # a daemonic process (a pool's worker) may not start processes
+    # members 1.. in worker processes, member 0 here meanwhile (see _train_member_task)
+    pool = _member_pool(workers - 1) if workers > 1 else None
     try:
-        for k, pot in enumerate(members):
-            member_dir = None if log_path is None else log_path / f"member_{k:03d}"
-            if member_dir is not None:
-                member_dir.mkdir(exist_ok=True)
-            own = [train_set[i] for i in member_frame_indices(len(train_set), k, s)]
-            histories.append(
-                _train_member(pot, own, test_set, s, member_dir, k, progress, warm[k], select)
-            )
-            pot.metadata["training"]["distinct_frames"] = len({id(f) for f in own})
+        pending = {}
+        if pool is not None:
+            quiet = dataclasses.replace(s, quiet=True)
+            for k in range(1, len(members)):
+                pending[k] = pool.submit(
+                    _train_member_task,
+                    members[k],
+                    list(train_frames),
+                    list(test_frames),
+                    quiet,
+                    member_dirs[k],
+                    k,
+                    warm[k],
+                    select,
+                )
+        with _torch_threads(1 if pool is not None else None):
+            for k, pot in enumerate(members):
+                if k in pending:
+                    continue
+                own = [train_set[i] for i in member_frame_indices(len(train_set), k, s)]
+                histories.append(
+                    _train_member(
+                        pot, own, test_set, s, member_dirs[k], k, progress, warm[k], select
+                    )
+                )
+                pot.metadata["training"]["distinct_frames"] = len({id(f) for f in own})
+        for k, future in pending.items():
+            trained, history = future.result()
+            _take_weights(members[k], trained)
+            histories.insert(k, history)
+            _log(s, log_path, f"member {k + 1} trained in a worker process")
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if progress is not None:
             progress.stop()
     cache = {"frames": budget.cached, "on_the_fly": budget.on_the_fly, "bytes": budget.bytes_used}
