@@ -590,15 +590,7 @@ class _TorchModel:
         gs = torch.autograd.grad(
             dedg, self.params, grad_outputs=v, allow_unused=True, is_grads_batched=True
         )
-        m = len(components)
-        h = torch.cat(
-            [
-                torch.zeros((m, p.numel()), dtype=p.dtype) if gr is None else gr.reshape(m, -1)
-                for gr, p in zip(gs, self.params, strict=True)
-            ],
-            dim=1,
-        )
-        return values, h.T
+        return values, self._flat(gs, len(components)).T
 
     def force_components_per_pass(
         self, frame: _Frame, components: torch.Tensor
@@ -612,11 +604,20 @@ class _TorchModel:
 
     def flat_grad(self, y: torch.Tensor, retain_graph: bool) -> torch.Tensor:
         gs = torch.autograd.grad(y, self.params, retain_graph=retain_graph, allow_unused=True)
+        return self._flat(gs)
+
+    def _flat(self, grads: Sequence[torch.Tensor | None], batch: int | None = None) -> torch.Tensor:
+        """Parameter gradients as one vector (n_w,), or (batch, n_w) for batched ones;
+        a parameter the output does not depend on gives zeros."""
+        lead = () if batch is None else (batch,)
         return torch.cat(
             [
-                (torch.zeros_like(p) if gr is None else gr).reshape(-1)
-                for gr, p in zip(gs, self.params, strict=True)
-            ]
+                torch.zeros((*lead, p.numel()), dtype=p.dtype)
+                if gr is None
+                else gr.reshape(*lead, -1)
+                for gr, p in zip(grads, self.params, strict=True)
+            ],
+            dim=-1,
         )
 
     def flat_params(self) -> torch.Tensor:
@@ -1036,21 +1037,33 @@ def _train_member_task(
     """One member trained in a worker process on one thread: its own descriptor cache of
     the same frames (the parent's is not shared), then :func:`_train_member`. It ends at
     once when the parent dies (a killed run must not leave a writer of its checkpoints)."""
-    _exit_with(os.getppid())
-    torch.set_num_threads(1)
-    try:
-        import numba
+    from nnprefine.parallel import _limit_threads  # torch and numba: what a worker needs
 
-        numba.set_num_threads(1)
-    except (ImportError, ValueError):
-        pass
+    _exit_with(os.getppid())
+    _limit_threads(1)
     budget = _JacobianBudget(s.jacobian_cache_GiB * 2**30, s.jacobian_dtype)
     train_set = _prepare(train_frames, pot, s.neighbour_cache_mib_per_frame, budget)
     test_set = _prepare(test_frames, pot, s.neighbour_cache_mib_per_frame, budget)
-    own = [train_set[i] for i in member_frame_indices(len(train_set), k, s)]
-    history = _train_member(pot, own, test_set, s, member_dir, k, None, warm, select)
-    pot.metadata["training"]["distinct_frames"] = len({id(f) for f in own})
+    history = _train_own_frames(pot, train_set, test_set, s, member_dir, k, None, warm, select)
     return pot, history
+
+
+def _train_own_frames(
+    pot: NNPotential,
+    train_set: list[_Frame],
+    test_set: list[_Frame],
+    s: TrainingSettings,
+    member_dir: Path | None,
+    k: int,
+    progress: Any,
+    warm: bool,
+    select: bool,
+) -> TrainingHistory:
+    """Member ``k`` on its own frames of ``train_set`` (:func:`member_frame_indices`)."""
+    own = [train_set[i] for i in member_frame_indices(len(train_set), k, s)]
+    history = _train_member(pot, own, test_set, s, member_dir, k, progress, warm, select)
+    pot.metadata["training"]["distinct_frames"] = len({id(f) for f in own})
+    return history
 
 
 def _exit_with(parent: int) -> None:
@@ -1175,13 +1188,11 @@ def train(
             for k, pot in enumerate(members):
                 if k in pending:
                     continue
-                own = [train_set[i] for i in member_frame_indices(len(train_set), k, s)]
                 histories.append(
-                    _train_member(
-                        pot, own, test_set, s, member_dirs[k], k, progress, warm[k], select
+                    _train_own_frames(
+                        pot, train_set, test_set, s, member_dirs[k], k, progress, warm[k], select
                     )
                 )
-                pot.metadata["training"]["distinct_frames"] = len({id(f) for f in own})
         for k, future in pending.items():
             trained, history = future.result()
             _take_weights(members[k], trained)

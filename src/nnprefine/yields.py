@@ -167,13 +167,22 @@ def threshold_bracket(estimates: Sequence[YieldEstimate]) -> tuple[float | None,
     The sputtering threshold lies between the two (paper: 50–55 eV on Be(0001)); either
     is None when no energy of that kind was run.
     """
-    est = sorted((e for e in estimates if e.n > 0), key=lambda e: e.energy_eV)
-    hits = [e.energy_eV for e in est if e.n_sputtered > 0]
-    first = hits[0] if hits else None
+    est = [e for e in estimates if e.n > 0]
+    return _bracket([e.energy_eV for e in est], [e.n_sputtered > 0 for e in est])
+
+
+def _bracket(
+    energies_eV: Sequence[float], sputtered: Sequence[bool]
+) -> tuple[float | None, float | None]:
+    """(highest energy without sputtering below the lowest with it, that lowest), eV."""
+    hits = [e for e, hit in zip(energies_eV, sputtered, strict=True) if hit]
+    first = min(hits) if hits else None
     zeros = [
-        e.energy_eV for e in est if e.n_sputtered == 0 and (first is None or e.energy_eV < first)
+        e
+        for e, hit in zip(energies_eV, sputtered, strict=True)
+        if not hit and (first is None or e < first)
     ]
-    return (zeros[-1] if zeros else None, first)
+    return (max(zeros) if zeros else None, first)
 
 
 def reduced_energy(
@@ -262,12 +271,9 @@ def _start_from_data(
     """Start values from the yields themselves: E_th halfway between the highest energy
     without sputtering below the first with it (or 0.8× that first energy), q the
     weighted least-squares scale of the curve with that E_th (closed form, Y ∝ q)."""
-    order = np.argsort(e)
-    e, y, s = e[order], y[order], s[order]
-    hits = np.flatnonzero(y > 0)
-    first = float(e[hits[0]]) if len(hits) else float(e.max())
-    zeros = e[(y == 0) & (e < first)]
-    threshold = fixed.get("threshold_eV", (zeros.max() + first) / 2 if len(zeros) else 0.8 * first)
+    zero, first = _bracket(e.tolist(), (y > 0).tolist())
+    first = float(e.max()) if first is None else first
+    threshold = fixed.get("threshold_eV", (zero + first) / 2 if zero is not None else 0.8 * first)
     mu, lam = fixed.get("mu", PAPER_MU), fixed.get("lambda_", PAPER_LAMBDA)
     g = eckstein_yield(e, threshold, 1.0, mu, lam, **pair)
     den = float((g**2 / s**2).sum())
