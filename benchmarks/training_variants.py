@@ -55,6 +55,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "hidden": (20, 20),
     },
     "sf16ff20": {"n_radial": 14, "n_narrow": 10, "n_wide": 10, "kalman_force_fraction": 0.20},
+    # n2p2's error-threshold selection of force components (short_force_error_threshold)
+    "sf12ff20t1": {
+        "n_radial": 12,
+        "n_narrow": 8,
+        "n_wide": 8,
+        "kalman_force_fraction": 0.20,
+        "kalman_force_error_threshold": 1.0,
+    },
+    "sf12ff10t1": {
+        "n_radial": 12,
+        "n_narrow": 8,
+        "n_wide": 8,
+        "kalman_force_fraction": 0.10,
+        "kalman_force_error_threshold": 1.0,
+    },
     "sf12ff10e15": {
         "n_radial": 12,
         "n_narrow": 8,

@@ -19,6 +19,7 @@ from nnprefine.training import (
     _DescriptorForces,
     _JacobianBudget,
     _learning_rate,
+    _over_threshold,
     _prepare,
     _set_offsets,
     _test_set_selects,
@@ -343,6 +344,40 @@ def test_one_kalman_update_reduces_the_error_of_the_component_it_used(sfset, fra
     tm.set_flat_params(w)
     after, _ = error()
     assert abs(before) > 1e-3 and abs(after) < 0.5 * abs(before)
+
+
+def test_error_threshold_puts_the_large_force_errors_first(sfset, frames):
+    """n2p2's selection: of n × trials random candidates, those with |error| ≥ t × RMSE
+    go first; with t = 0 the candidates are taken in their random order."""
+    pot = NNPotential(sfset, hidden=(4,), seed=1)
+    (frame,) = _prepare(frames[:1], pot, 1.0, _JacobianBudget(2**30, "float64"))
+    _set_offsets([frame], pot)
+    tm = _TorchModel(pot)
+    _, forces = tm.forward([frame], True)
+    err = np.abs(frame.forces_eV_per_A.reshape(-1) - forces[0].detach().numpy().reshape(-1))
+    n = 6
+    s = _quick(optimizer="kalman", kalman_force_error_threshold=1.0, kalman_threshold_trials=4)
+    seen = [0.0, 0]
+    comps = _over_threshold(tm, frame, n, s, np.random.default_rng(3), seen)
+    cand = np.random.default_rng(3).choice(err.size, size=n * 4, replace=False)
+    limit = np.sqrt((err[cand] ** 2).mean())
+    assert seen[1] == n * 4 and np.isclose(seen[0], (err[cand] ** 2).sum())
+    assert comps.size == n and set(comps) <= set(cand)
+    assert (err[cand] >= limit).sum() >= n  # enough over the limit for the rule to bite
+    assert (err[comps] >= limit).all()
+    assert err[comps].mean() > 1.5 * err[cand].mean()
+    with pytest.raises(ConfigError, match="kalman_force_error_threshold"):
+        _quick(optimizer="kalman", kalman_force_error_threshold=-1.0)
+
+
+def test_kalman_training_with_the_error_threshold_lowers_the_error(sfset, frames):
+    train_set, test_set = split_frames(frames)
+    pot = NNPotential(sfset, hidden=(6,), seed=3)
+    s = _quick(
+        optimizer="kalman", epochs=4, kalman_force_fraction=0.05, kalman_force_error_threshold=1.0
+    )
+    losses = [r["test_loss"] for r in train(pot, train_set, test_set, s).rows]
+    assert min(losses[1:]) < 0.5 * losses[0]
 
 
 @pytest.mark.parametrize("layout", ["dense", "pairs"])

@@ -8,7 +8,10 @@ in eV²/atom² and eV²/Å². Optimisers: ``"adam"`` (mini-batches of frames, le
 decaying per epoch) and ``"kalman"`` (n2p2-style global extended Kalman filter, one update
 per frame on its energy and one on a random ``kalman_force_fraction`` of all force
 components per epoch; n2p2's standard filter by default, its fading-memory one with
-``kalman_type = "fading"``).
+``kalman_type = "fading"``). With ``kalman_force_error_threshold`` t > 0 the force
+components are chosen as n2p2's ``short_force_error_threshold`` does: among
+``kalman_threshold_trials`` random candidates per component, those whose error is at
+least t × the RMSE of the candidates seen so far in the epoch go first.
 
 Forces are F = −Jᵀ ∂E/∂G with J = ∂G/∂r; ∂E/∂G comes from the networks with
 ``create_graph=True``, so force-loss gradients reach the weights by ordinary backprop.
@@ -103,6 +106,10 @@ class TrainingSettings:
     # kalman_nue_short, short_force_fraction); "standard" or "fading" (nnprefine._kalman)
     kalman_type: str = "standard"
     kalman_force_fraction: float = 0.02
+    #: n2p2's short_force_error_threshold (0: components at random) and
+    #: rmse_threshold_trials: force components with |error| ≥ threshold × RMSE go first
+    kalman_force_error_threshold: float = 0.0
+    kalman_threshold_trials: int = 3
     kalman_epsilon: float = 1e-2
     kalman_q0: float = 1e-2
     kalman_q_tau_epochs: float = 2.302
@@ -179,6 +186,12 @@ class TrainingSettings:
         if self.member_frames not in MEMBER_FRAMES:
             raise ConfigError(
                 f"member_frames must be one of {MEMBER_FRAMES}, got {self.member_frames!r}"
+            )
+        if not self.kalman_force_error_threshold >= 0.0 or self.kalman_threshold_trials < 1:
+            raise ConfigError(
+                "kalman_force_error_threshold must be ≥ 0 (0: force components at random) and "
+                f"kalman_threshold_trials ≥ 1, got {self.kalman_force_error_threshold} and "
+                f"{self.kalman_threshold_trials}"
             )
         if not 0.0 <= self.kalman_force_fraction <= 1.0:
             raise ConfigError(
@@ -764,6 +777,7 @@ def _epoch_kalman(
     kf.start_epoch(epoch, len(frames) * (s.energy_weight > 0) + force_updates)
     se = sf = 0.0
     n_comp = 0
+    seen = [0.0, 0]  # Σ error², count of the threshold's candidates (eV²/Å²)
     for i in rng.permutation(len(frames)):
         f = frames[i]
         if s.energy_weight > 0:
@@ -776,6 +790,8 @@ def _epoch_kalman(
             kf.update(w, torch.tensor([err], dtype=torch.float64), h[:, None])
             tm.set_flat_params(w)
         comps = picked[(picked >= bounds[i]) & (picked < bounds[i + 1])] - bounds[i]
+        if comps.size and s.kalman_force_error_threshold > 0:
+            comps = _over_threshold(tm, f, comps.size, s, rng, seen)
         if comps.size:
             picked_c = torch.from_numpy(comps)
             if f.jacobian is not None:
@@ -790,9 +806,38 @@ def _epoch_kalman(
             kf.update(w, err, h)
             tm.set_flat_params(w)
         advance(1)
+    if seen[1]:  # the selected components' errors are biased high: report the candidates'
+        sf, n_comp = seen
     return 1e3 * math.sqrt(se / len(frames)) if s.energy_weight > 0 else math.nan, (
         1e3 * math.sqrt(sf / n_comp) if n_comp else math.nan
     )
+
+
+def _over_threshold(
+    tm: _TorchModel,
+    f: _Frame,
+    n: int,
+    s: TrainingSettings,
+    rng: np.random.Generator,
+    seen: list,
+) -> np.ndarray:
+    """n force components of frame ``f`` (sorted flat indices), n2p2's error-threshold way.
+
+    Draws n × trials candidates at random; those with |F − F_ref| ≥ threshold × RMSE go
+    first, the rest fill up in their random order. The RMSE is that of every candidate
+    seen so far in the epoch, these included (``seen`` = [Σ error², count], updated), so
+    the rule needs no state across epochs.
+    """
+    size = 3 * f.n_atoms
+    cand = rng.choice(size, size=min(size, n * s.kalman_threshold_trials), replace=False)
+    _, forces = tm.forward([f], True, create_graph=False)
+    predicted = forces[0].detach().numpy().reshape(-1)[cand]
+    err = np.abs(f.forces_eV_per_A.reshape(-1)[cand] - predicted)
+    seen[0] += float((err**2).sum())
+    seen[1] += err.size
+    above = err >= s.kalman_force_error_threshold * math.sqrt(seen[0] / seen[1])
+    order = np.concatenate([np.flatnonzero(above), np.flatnonzero(~above)])
+    return np.sort(cand[order[:n]])
 
 
 def _diverged(epoch: int, s: TrainingSettings) -> str:
