@@ -307,12 +307,19 @@ class ZBLBaseline:
 
     def energy_forces(self, atoms: Atoms) -> tuple[float, np.ndarray]:
         """Baseline energy (eV) and forces (n_atoms, 3) eV/Å of ``atoms``."""
+        energy, forces, _ = self.energy_forces_virial(atoms)
+        return energy, forces
+
+    def energy_forces_virial(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        """Energy (eV), forces (n_atoms, 3) eV/Å and Σ_pairs ∂E/∂ε (3, 3) eV of ``atoms``:
+        the strain derivative, so that ASE's stress is it divided by the volume."""
         from vesin import NeighborList
 
         n = len(atoms)
         forces = np.zeros((n, 3))
+        strain = np.zeros((3, 3))
         if n < 2:
-            return 0.0, forces
+            return 0.0, forces, strain
         pbc = atoms.pbc
         box = atoms.cell.array if np.any(pbc) else np.zeros((3, 3))
         i, j, vec = NeighborList(cutoff=self.r_outer_A, full_list=False).compute(
@@ -322,14 +329,15 @@ class ZBLBaseline:
             quantities="ijD",
         )
         if len(i) == 0:
-            return 0.0, forces
+            return 0.0, forces, strain
         r = np.linalg.norm(vec, axis=1)
         z = atoms.numbers.astype(np.float64)
         e, de = self.pair_energy_derivative(r, z[i], z[j])
         fij = (de / r)[:, None] * vec  # vec = r_j − r_i: force on i is +dE/dr · vec/r
         np.add.at(forces, i, fij)
         np.add.at(forces, j, -fij)
-        return float(e.sum()), forces
+        # ∂r/∂ε_ab = vec_a vec_b / r
+        return float(e.sum()), forces, vec.T @ fij
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "zbl", "r_inner_A": self.r_inner_A, "r_outer_A": self.r_outer_A}

@@ -393,7 +393,9 @@ def cached_reference(spec: Mapping[str, Any] | str | None) -> Calculator:
 
 
 def label_frame(atoms: Atoms, reference: Mapping[str, Any] | str | None) -> Atoms:
-    """A copy of ``atoms`` labelled by the reference: energy (eV), forces (eV/Å).
+    """A copy of ``atoms`` labelled by the reference: energy (eV), forces (eV/Å), and the
+    stress (eV/Å³, Voigt) of a cell periodic in all three directions when the reference
+    computes one (a stress that fails is left out; energy and forces are kept).
 
     Runs on a worker (the reference is built once per process). The copy carries a
     :class:`SinglePointCalculator` and ``info["label_wall_s"]``. Raises
@@ -404,6 +406,13 @@ def label_frame(atoms: Atoms, reference: Mapping[str, Any] | str | None) -> Atom
     calc = cached_reference(reference)
     frame.calc = calc
     t0 = time.perf_counter()
+    stress = None
+    if frame.pbc.all() and "stress" in getattr(calc, "implemented_properties", ()):
+        # first, so that a code computing everything in one run (the DFT wrapper) runs once
+        try:
+            stress = np.array(frame.get_stress(voigt=True), dtype=np.float64)
+        except Exception:  # noqa: BLE001 - e.g. a DFT mode without stress: E and F below
+            stress = None
     try:
         energy = frame.get_potential_energy()
         forces = frame.get_forces()
@@ -415,6 +424,11 @@ def label_frame(atoms: Atoms, reference: Mapping[str, Any] | str | None) -> Atom
         raise ReferenceCalculationError("the reference calculation did not converge")
     if not (math.isfinite(energy) and np.isfinite(forces).all()):
         raise ReferenceCalculationError("the reference returned NaN or inf")
-    frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=np.array(forces))
+    extra = {}
+    if stress is not None and stress.shape == (6,) and np.isfinite(stress).all():
+        extra["stress"] = stress
+    frame.calc = SinglePointCalculator(
+        frame, energy=float(energy), forces=np.array(forces), **extra
+    )
     frame.info["label_wall_s"] = time.perf_counter() - t0
     return frame

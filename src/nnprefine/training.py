@@ -85,6 +85,10 @@ class TrainingSettings:
     epochs: int = 60
     energy_weight: float = 1.0
     force_weight: float = 1.0
+    #: weight of the strain derivative per atom, V·σ/N (eV/atom), of frames periodic in
+    #: all three directions whose labels hold a stress (0: stress not used; Kalman only,
+    #: frames in the Jacobian cache only). It pins the slope of E(V), so the lattice constants
+    stress_weight: float = 0.0
     seed: int = 0
     #: stop when the test loss has not improved for this many epochs
     patience_epochs: int = 20
@@ -187,6 +191,13 @@ class TrainingSettings:
             raise ConfigError(
                 f"member_frames must be one of {MEMBER_FRAMES}, got {self.member_frames!r}"
             )
+        if not self.stress_weight >= 0.0:
+            raise ConfigError(f"stress_weight must be ≥ 0 (0: no stress), got {self.stress_weight}")
+        if self.stress_weight > 0 and self.optimizer != "kalman":
+            raise ConfigError(
+                "stress_weight > 0 needs optimizer = 'kalman' (Adam does not fit stresses yet); "
+                "set stress_weight = 0 or use the Kalman filter"
+            )
         if not self.kalman_force_error_threshold >= 0.0 or self.kalman_threshold_trials < 1:
             raise ConfigError(
                 "kalman_force_error_threshold must be ≥ 0 (0: force components at random) and "
@@ -278,6 +289,10 @@ def _labels(atoms: Atoms, k: int) -> tuple[float, np.ndarray]:
     return energy, forces
 
 
+#: Voigt order of ASE's stress: xx, yy, zz, yz, xz, xy
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
 @dataclass(frozen=True)
 class _PairJacobian:
     """∂G/∂r of one frame, in whichever of two layouts is smaller.
@@ -290,6 +305,10 @@ class _PairJacobian:
       entries beyond every cutoff are dropped.
 
     In Å⁻¹ times the unit of G; dtype float32 or float64 (``jacobian_dtype``).
+
+    ``strain`` (6, n_atoms, max_functions) float64, if asked for: ∂G_ig/∂ε_c for the Voigt
+    strains c = xx, yy, zz, yz, xz, xy, i.e. Σ_p d_p,a ∂G_i/∂d_p,b over i's entries p, so
+    that ∂E/∂ε_c = Σ_ig dedg_ig strain_cig (and ASE's stress is that over the volume).
     """
 
     n_atoms: int
@@ -297,20 +316,36 @@ class _PairJacobian:
     centre: torch.Tensor | None = None
     neighbour: torch.Tensor | None = None
     blocks: torch.Tensor | None = None
+    strain: torch.Tensor | None = None
 
     @classmethod
     def of(
-        cls, d: Descriptor, atoms: Atoms, nb: Neighbours, dtype: str, layout: str = "auto"
+        cls,
+        d: Descriptor,
+        atoms: Atoms,
+        nb: Neighbours,
+        dtype: str,
+        layout: str = "auto",
+        with_strain: bool = False,
     ) -> tuple[np.ndarray, _PairJacobian]:
         """G (n_atoms, max_functions) float64 and the cached Jacobian of ``atoms``.
 
         layout: "dense", "pairs", or "auto" (the smaller: dense when n_atoms² ≤ pairs).
+        with_strain: also the strain rows (see the class docstring).
         """
         values, blocks = d.jacobian(atoms, neighbours=nb)
         n, nf = values.shape
         centre = np.repeat(np.arange(n), np.diff(nb.offsets))
         keep = np.flatnonzero(np.abs(blocks).reshape(len(blocks), -1).max(axis=1) > 0.0)
         centre, neighbour, blocks = centre[keep], nb.j[keep], blocks[keep]
+        strain = None
+        if with_strain:
+            pos = np.asarray(atoms.positions, dtype=np.float64)
+            vec = pos[neighbour] - pos[centre] + nb.shift[keep] @ atoms.cell.array
+            rows = np.zeros((6, n, nf))
+            for c, (a, b) in enumerate(_VOIGT):
+                np.add.at(rows[c], centre, vec[:, a, None] * blocks[:, :, b])
+            strain = torch.from_numpy(rows)
         if layout == "dense" or (layout == "auto" and n * n <= len(keep)):
             # ∂G_i/∂r_j = Σ_{p: i→j} B_p, ∂G_i/∂r_i = −Σ_p B_p: one sparse one-hot product
             p = len(keep)
@@ -320,17 +355,18 @@ class _PairJacobian:
             )
             dense = (onehot @ blocks.reshape(p, -1)).reshape(n, n, nf, 3).transpose(0, 2, 1, 3)
             matrix = torch.from_numpy(dense.reshape(n * nf, 3 * n).astype(dtype))
-            return values, cls(n, matrix=matrix)
+            return values, cls(n, matrix=matrix, strain=strain)
         return values, cls(
             n,
             centre=torch.from_numpy(centre),
             neighbour=torch.from_numpy(np.ascontiguousarray(neighbour)),
             blocks=torch.from_numpy(np.ascontiguousarray(blocks.transpose(0, 2, 1), dtype=dtype)),
+            strain=strain,
         )
 
     @property
     def nbytes(self) -> int:
-        parts = (self.matrix, self.centre, self.neighbour, self.blocks)
+        parts = (self.matrix, self.centre, self.neighbour, self.blocks, self.strain)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     def rows(self, components: torch.Tensor, n_functions: int) -> torch.Tensor:
@@ -382,6 +418,9 @@ class _Frame:
     neighbours: Neighbours | None
     offset_eV: float = 0.0
     jacobian: _PairJacobian | None = None
+    #: target ∂E/∂ε per atom (6,) eV/atom, Voigt (V·σ/N of the label minus the baseline's),
+    #: for frames with a stress label and strain rows in their cached Jacobian
+    strain_eV_per_atom: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -426,13 +465,29 @@ class _JacobianBudget:
         return blocks * (n_functions * 3 * np.dtype(self.dtype).itemsize + 16)
 
 
+def _strain_label(atoms: Atoms) -> np.ndarray | None:
+    """V·σ (6,) eV, Voigt, of a frame periodic in 3D whose labels hold a stress, else None."""
+    results = getattr(atoms.calc, "results", None) or {}
+    stress = results.get("stress")
+    if stress is None or not atoms.pbc.all():
+        return None
+    stress = np.asarray(stress, dtype=np.float64)
+    if stress.shape == (3, 3):
+        stress = np.array([stress[a, b] for a, b in _VOIGT])
+    if stress.shape != (6,) or not np.isfinite(stress).all():
+        return None
+    return stress * atoms.get_volume()
+
+
 def _prepare(
     frames: Sequence[Atoms],
     pot: NNPotential,
     cache_limit_mib: float,
     budget: _JacobianBudget | None = None,
+    with_stress: bool = False,
 ) -> list[_Frame]:
-    """Labels (minus the baseline), G, and a cached Jacobian while ``budget`` lasts."""
+    """Labels (minus the baseline), G, and a cached Jacobian while ``budget`` lasts; with
+    ``with_stress``, the strain target and rows of cached frames that have a stress."""
     from nnprefine.model import _symbols_check
 
     d = pot.descriptor
@@ -441,17 +496,34 @@ def _prepare(
         energy, forces = _labels(atoms, k)
         symbols = _symbols_check(atoms, pot.elements)
         plain = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        strain = _strain_label(atoms) if with_stress else None
         if pot.baseline is not None:
-            e_b, f_b = pot.baseline.energy_forces(plain)
+            e_b, f_b, s_b = pot.baseline.energy_forces_virial(plain)
             energy, forces = energy - e_b, forces - f_b
+            if strain is not None:
+                strain = strain - np.array([s_b[a, b] for a, b in _VOIGT])
         if budget is not None:
             nb0 = build_neighbours(plain, d.sfset.r_cut)
             if budget.estimate(nb0, d.n_functions_max) <= budget.bytes_left:
-                values, jac = _PairJacobian.of(d, plain, nb0, budget.dtype, budget.layout)
+                values, jac = _PairJacobian.of(
+                    d, plain, nb0, budget.dtype, budget.layout, with_strain=strain is not None
+                )
                 budget.bytes_left -= jac.nbytes
                 budget.bytes_used += jac.nbytes
                 budget.cached += 1
-                out.append(_Frame(plain, symbols, values, energy, forces, None, jacobian=jac))
+                per_atom = None if strain is None else strain / len(plain)
+                out.append(
+                    _Frame(
+                        plain,
+                        symbols,
+                        values,
+                        energy,
+                        forces,
+                        None,
+                        jacobian=jac,
+                        strain_eV_per_atom=per_atom,
+                    )  # fmt: skip
+                )
                 continue
             budget.on_the_fly += 1
         nb = d.neighbours(plain)
@@ -459,6 +531,20 @@ def _prepare(
         keep = nb if _nbytes(nb) <= cache_limit_mib * 2**20 else None
         out.append(_Frame(plain, symbols, values, energy, forces, keep))
     return out
+
+
+def _prepare_sets(
+    train_frames: Sequence[Atoms],
+    test_frames: Sequence[Atoms],
+    pot: NNPotential,
+    s: TrainingSettings,
+) -> tuple[list[_Frame], list[_Frame], _JacobianBudget]:
+    """The training and test frames of :func:`_prepare` under one Jacobian budget (strain
+    targets for the training frames when ``s.stress_weight`` > 0), and that budget."""
+    budget = _JacobianBudget(s.jacobian_cache_GiB * 2**30, s.jacobian_dtype)
+    limit = s.neighbour_cache_mib_per_frame
+    train_set = _prepare(train_frames, pot, limit, budget, s.stress_weight > 0)
+    return train_set, _prepare(test_frames, pot, limit, budget), budget
 
 
 def _fit_inputs(pot: NNPotential, frames: list[_Frame], settings: TrainingSettings) -> None:
@@ -595,15 +681,29 @@ class _TorchModel:
         ∂F_c/∂w is one batched backward pass of dedg through the networks (vmap over the m
         rows): the descriptor's sparse product is not differentiated m times.
         """
+        nf = frame.values.shape[1]
+        return self._linear_in_dedg(frame, lambda n: frame.jacobian.rows(components, n), nf)
+
+    def strain_components(self, frame: _Frame) -> tuple[torch.Tensor, torch.Tensor]:
+        """∂E/∂ε per atom (6,) eV/atom, Voigt, of a frame with strain rows, and its weight
+        Jacobian (n_w, 6), as :meth:`force_components` does for forces."""
+        strain = frame.jacobian.strain / frame.n_atoms
+        return self._linear_in_dedg(frame, lambda n: strain[:, :, :n], frame.values.shape[1])
+
+    def _linear_in_dedg(
+        self, frame: _Frame, rows_of: Any, n_functions: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """y = Σ v·dedg for the m rows v = rows_of(n) (m, n_atoms, n) and ∂y/∂w (n_w, m),
+        in one batched backward pass of dedg through the networks."""
         g = torch.from_numpy(frame.values).requires_grad_(True)
         atom_e = self._atom_energies(g, frame.symbols)
         (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=True)
-        v = frame.jacobian.rows(components, dedg.shape[1])
+        v = rows_of(dedg.shape[1])
         values = (v * dedg.detach()).sum(dim=(1, 2))
         gs = torch.autograd.grad(
             dedg, self.params, grad_outputs=v, allow_unused=True, is_grads_batched=True
         )
-        return values, self._flat(gs, len(components)).T
+        return values, self._flat(gs, v.shape[0]).T
 
     def force_components_per_pass(
         self, frame: _Frame, components: torch.Tensor
@@ -774,7 +874,8 @@ def _epoch_kalman(
     picked = np.sort(rng.choice(sizes.sum(), size=n_pick, replace=False))
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     force_updates = int(np.count_nonzero(np.diff(np.searchsorted(picked, bounds))))
-    kf.start_epoch(epoch, len(frames) * (s.energy_weight > 0) + force_updates)
+    strained = [f for f in frames if f.strain_eV_per_atom is not None] if s.stress_weight else []
+    kf.start_epoch(epoch, len(frames) * (s.energy_weight > 0) + force_updates + len(strained))
     se = sf = 0.0
     n_comp = 0
     seen = [0.0, 0]  # Σ error², count of the threshold's candidates (eV²/Å²)
@@ -804,6 +905,12 @@ def _epoch_kalman(
             n_comp += comps.size
             w = tm.flat_params()
             kf.update(w, err, h)
+            tm.set_flat_params(w)
+        if s.stress_weight > 0 and f.strain_eV_per_atom is not None:
+            values, h = tm.strain_components(f)
+            err = (torch.from_numpy(f.strain_eV_per_atom) - values) * s.stress_weight
+            w = tm.flat_params()
+            kf.update(w, err, h * s.stress_weight)
             tm.set_flat_params(w)
         advance(1)
     if seen[1]:  # the selected components' errors are biased high: report the candidates'
@@ -879,9 +986,12 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 def _check_resume_settings(saved: dict[str, Any], settings: TrainingSettings, where: Path) -> None:
     now = settings.to_dict()
-    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
+    default = TrainingSettings().to_dict()  # a key saved before it existed had its default
+    changed = sorted(
+        k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k, default[k]) != now[k]
+    )
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        details = ", ".join(f"{k}: {saved.get(k, default[k])!r} -> {now[k]!r}" for k in changed)
         raise ConfigError(
             f"cannot resume from {where}: settings changed ({details}); restore them or use a "
             "new log_dir (only epochs, patience_epochs and quiet may change on resume)"
@@ -1086,9 +1196,7 @@ def _train_member_task(
 
     _exit_with(os.getppid())
     _limit_threads(1)
-    budget = _JacobianBudget(s.jacobian_cache_GiB * 2**30, s.jacobian_dtype)
-    train_set = _prepare(train_frames, pot, s.neighbour_cache_mib_per_frame, budget)
-    test_set = _prepare(test_frames, pot, s.neighbour_cache_mib_per_frame, budget)
+    train_set, test_set, _ = _prepare_sets(train_frames, test_frames, pot, s)
     history = _train_own_frames(pot, train_set, test_set, s, member_dir, k, None, warm, select)
     return pot, history
 
@@ -1155,9 +1263,7 @@ def train(
         raise DatasetError("no training frames; label some structures first")
     torch.manual_seed(s.seed)
     pot0 = members[0]
-    budget = _JacobianBudget(s.jacobian_cache_GiB * 2**30, s.jacobian_dtype)
-    train_set = _prepare(train_frames, pot0, s.neighbour_cache_mib_per_frame, budget)
-    test_set = _prepare(test_frames, pot0, s.neighbour_cache_mib_per_frame, budget)
+    train_set, test_set, budget = _prepare_sets(train_frames, test_frames, pot0, s)
     select = _test_set_selects(len(train_set), len(test_set))
     log_path = Path(log_dir) if log_dir is not None else None
     notes = [
