@@ -27,9 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from nnprefine.calculators import NNPCalculator
 from nnprefine.config import load_config
 from nnprefine.dataset import FrameStore
 from nnprefine.model import Committee, NNPotential, ZBLBaseline
+from nnprefine.reference import cached_reference
+from nnprefine.structures import relax_bulk
 from nnprefine.training import train
 from nnprefine.validation import score
 
@@ -70,6 +73,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kalman_force_fraction": 0.10,
         "kalman_force_error_threshold": 1.0,
     },
+    "sf16ff20t1": {
+        "n_radial": 14,
+        "n_narrow": 10,
+        "n_wide": 10,
+        "kalman_force_fraction": 0.20,
+        "kalman_force_error_threshold": 1.0,
+    },
+    "sf20ff20": {"n_radial": 16, "n_narrow": 12, "n_wide": 12, "kalman_force_fraction": 0.20},
+    # the bulk frames' stress (labels with stress: --stress)
+    "sf16ff20s1": {
+        "n_radial": 14,
+        "n_narrow": 10,
+        "n_wide": 10,
+        "kalman_force_fraction": 0.20,
+        "stress_weight": 1.0,
+    },
     "sf12ff10e15": {
         "n_radial": 12,
         "n_narrow": 8,
@@ -83,8 +102,29 @@ _DESCRIPTOR_KEYS = ("n_radial", "n_narrow", "n_wide", "r_cut_A")
 _FORCE_BINS_EV_PER_A = (0.0, 1.0, 3.0, 10.0, 30.0, np.inf)
 
 
-def run_variant(cfg: Any, frames: dict[str, list], variant: str, seed: int) -> dict[str, Any]:
-    """Train one member of ``variant`` with ``seed`` and score it on the validation frames."""
+def with_reference_stress(frames: list, reference: Any) -> int:
+    """Give every frame periodic in 3D the reference's stress (labels made before the
+    store kept stresses); returns how many frames got one."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    n = 0
+    for atoms in frames:
+        if not atoms.pbc.all() or "stress" in atoms.calc.results:
+            continue
+        probe = atoms.copy()
+        probe.calc = reference
+        stress = probe.get_stress()
+        e, f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f, stress=stress)
+        n += 1
+    return n
+
+
+def run_variant(
+    cfg: Any, frames: dict[str, list], variant: str, seed: int, ref_lattice: dict[str, Any]
+) -> dict[str, Any]:
+    """Train one member of ``variant`` with ``seed``; score it on the validation frames and
+    relax its bulk lattice (against ``ref_lattice``, the reference's)."""
     change = VARIANTS[variant]
     descriptor = dataclasses.replace(
         cfg.descriptor, **{k: v for k, v in change.items() if k in _DESCRIPTOR_KEYS}
@@ -114,6 +154,13 @@ def run_variant(cfg: Any, frames: dict[str, list], variant: str, seed: int) -> d
         f_ref.append(np.linalg.norm(atoms.get_forces(), axis=1))
         f_err2.append(((np.asarray(forces) - atoms.get_forces()) ** 2).sum(axis=1))
     ref, err2 = np.concatenate(f_ref), np.concatenate(f_err2)
+    lat = relax_bulk(
+        NNPCalculator(member),
+        element=cfg.project.element,
+        crystal=cfg.structures.crystal,
+        a_A=ref_lattice["a_A"],
+        c_A=ref_lattice["c_A"],
+    )
     bins = list(zip(_FORCE_BINS_EV_PER_A, _FORCE_BINS_EV_PER_A[1:], strict=False))
     return {
         "variant": variant,
@@ -132,6 +179,12 @@ def run_variant(cfg: Any, frames: dict[str, list], variant: str, seed: int) -> d
             f"{lo:g}-{hi:g}": round(float(err2[(ref >= lo) & (ref < hi)].sum() / err2.sum()), 3)
             for lo, hi in bins
         },
+        "lattice_error_percent": {
+            k: round(100.0 * (lat[f"{k}_A"] / ref_lattice[f"{k}_A"] - 1.0), 3) for k in ("a", "c")
+        },
+        "bulk_energy_error_meV_per_atom": round(
+            1e3 * (lat["energy_eV_per_atom"] - ref_lattice["energy_eV_per_atom"]), 2
+        ),
     }
 
 
@@ -142,23 +195,36 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["base", "sf12"], choices=sorted(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--log", default="training-variants.jsonl")
+    ap.add_argument(
+        "--stress", action="store_true",
+        help="label the training frames periodic in 3D with the reference's stress first",
+    )  # fmt: skip
     args = ap.parse_args()
     cfg = load_config(args.config)
     with FrameStore(args.data, elements=cfg.elements, test_fraction=0.1) as store:
         frames = {s: store.frames(split=s) for s in ("train", "test", "validation")}
     if not frames["validation"]:
         raise SystemExit(f"{args.data} holds no validation frames; run 'nnprefine init' first")
+    reference = cached_reference(cfg.reference.spec())
+    if args.stress:
+        n = with_reference_stress(frames["train"], reference)
+        print(f"{n} training frames labelled with the reference's stress", flush=True)
+    ref_lattice = relax_bulk(
+        reference, element=cfg.project.element, crystal=cfg.structures.crystal,
+        a_A=cfg.structures.a_A, c_A=cfg.structures.c_A,
+    )  # fmt: skip
     log = Path(args.log)
     done = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     for variant in args.variants:
         for seed in args.seeds:
             if any(r["variant"] == variant and r["seed"] == seed for r in done):
                 continue
-            row = run_variant(cfg, frames, variant, seed)
+            row = run_variant(cfg, frames, variant, seed, ref_lattice)
             print(
                 f"{variant:>12} seed {seed}: {row['n_functions']} functions, "
                 f"{row['train_s']:.0f} s, E {row['energy_rmse_meV_per_atom']:.2f} meV/atom, "
-                f"F {row['force_rmse_meV_per_A']:.1f} meV/Å, groups {row['groups']}",
+                f"F {row['force_rmse_meV_per_A']:.1f} meV/Å, groups {row['groups']}, "
+                f"lattice {row['lattice_error_percent']} %",
                 flush=True,
             )
             with log.open("a") as fh:

@@ -164,10 +164,14 @@ def test_coverage_additions_label_hot_slab_bulk_and_production_slab_frames(tmp_p
     for name, group in by_run.items():
         if name.startswith("bulk"):
             assert all(len(f) == 16 and f.pbc.all() for f in group)  # 2x2x2 cells of 2 atoms
+            # stored with the reference's stress (stress_weight trains on it)
+            assert all(np.abs(f.get_stress()).max() > 1e-4 for f in group)
         elif name == "production_slab":
             assert all(len(f) == 36 and list(f.pbc) == [True, True, False] for f in group)
         else:
             assert all(len(f) == 27 for f in group)
+        if not name.startswith("bulk"):
+            assert all("stress" not in f.calc.results for f in group)
     # the hot slab is hot: its atoms moved far more than in the 300 K slab
     slab = prepared_slab(project, config.initial_data.slab)
     shift = np.abs(by_run["hot_slab-2500K"][-1].positions - slab.positions).max()

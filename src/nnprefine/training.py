@@ -11,7 +11,11 @@ components per epoch; n2p2's standard filter by default, its fading-memory one w
 ``kalman_type = "fading"``). With ``kalman_force_error_threshold`` t > 0 the force
 components are chosen as n2p2's ``short_force_error_threshold`` does: among
 ``kalman_threshold_trials`` random candidates per component, those whose error is at
-least t × the RMSE of the candidates seen so far in the epoch go first.
+least t × the RMSE of the candidates seen so far in the epoch go first. With
+``stress_weight`` > 0 every training frame periodic in 3D whose labels hold a stress
+adds one Kalman update on its strain derivative per atom, V·σ/N (6 Voigt components,
+eV/atom, the units of the energy per atom): that pins the slope of E(V) and so the
+lattice constants, which energies alone leave to a fit of a few meV/atom.
 
 Forces are F = −Jᵀ ∂E/∂G with J = ∂G/∂r; ∂E/∂G comes from the networks with
 ``create_graph=True``, so force-loss gradients reach the weights by ordinary backprop.

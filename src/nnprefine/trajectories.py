@@ -87,7 +87,8 @@ def reference_trajectory_frames(
     ``energy_eV`` > 0: an impact of ``duration_fs`` (``settings`` give the step and the
     sanity bounds); ≤ 0: NVE MD of the slab as it is, or heated to ``temperature_K``
     (a hot slab: velocities drawn at 2·T from ``seed``). The labels are the reference's own
-    energies (eV) and forces (eV/Å) along the run: no extra reference calls. A run whose
+    energies (eV) and forces (eV/Å) along the run, and its stress (eV/Å³) in a cell
+    periodic in 3D when it computed one: no extra reference calls. A run whose
     dynamics turn unphysical keeps the frames before it; one where the reference returns
     NaN or inf (or raises) is a :class:`ReferenceCalculationError`, none of its frames kept.
     """
@@ -98,7 +99,13 @@ def reference_trajectory_frames(
         frame = frame_atoms(slab, state.positions.copy(), settings.projectile)
         # The integrator zeroes forces on fixed atoms; labels need the reference's own.
         forces = np.array(state.results["forces"], dtype=float)
-        frame.calc = SinglePointCalculator(frame, energy=float(state.energy_eV), forces=forces)
+        extra = {}
+        stress = state.results.get("stress")
+        if frame.pbc.all() and stress is not None:  # bulk: the reference's stress, if it gave one
+            extra["stress"] = np.array(stress, dtype=float)
+        frame.calc = SinglePointCalculator(
+            frame, energy=float(state.energy_eV), forces=forces, **extra
+        )
         frame.info["time_fs"] = float(state.time_fs)
         frames.append(frame)
 
