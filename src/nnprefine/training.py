@@ -14,7 +14,8 @@ components are chosen as n2p2's ``short_force_error_threshold`` does: among
 least t × the RMSE of the candidates seen so far in the epoch go first. With
 ``stress_weight`` > 0 every training frame periodic in 3D whose labels hold a stress
 adds one Kalman update on its strain derivative per atom, V·σ/N (6 Voigt components,
-eV/atom, the units of the energy per atom): that pins the slope of E(V) and so the
+eV/atom, the units of the energy per atom; for Adam the loss term stress_weight ·
+mean[(V·σ/N − V·σ_ref/N)²]): that pins the slope of E(V) and so the
 lattice constants, which energies alone leave to a fit of a few meV/atom.
 
 Forces are F = −Jᵀ ∂E/∂G with J = ∂G/∂r; ∂E/∂G comes from the networks with
@@ -90,8 +91,8 @@ class TrainingSettings:
     energy_weight: float = 1.0
     force_weight: float = 1.0
     #: weight of the strain derivative per atom, V·σ/N (eV/atom), of frames periodic in
-    #: all three directions whose labels hold a stress (0: stress not used; Kalman only,
-    #: frames in the Jacobian cache only). It pins the slope of E(V), so the lattice constants
+    #: all three directions whose labels hold a stress (0: stress not used; frames in the
+    #: Jacobian cache only). It pins the slope of E(V), so the lattice constants
     stress_weight: float = 0.0
     seed: int = 0
     #: stop when the test loss has not improved for this many epochs
@@ -197,11 +198,6 @@ class TrainingSettings:
             )
         if not self.stress_weight >= 0.0:
             raise ConfigError(f"stress_weight must be ≥ 0 (0: no stress), got {self.stress_weight}")
-        if self.stress_weight > 0 and self.optimizer != "kalman":
-            raise ConfigError(
-                "stress_weight > 0 needs optimizer = 'kalman' (Adam does not fit stresses yet); "
-                "set stress_weight = 0 or use the Kalman filter"
-            )
         if not self.kalman_force_error_threshold >= 0.0 or self.kalman_threshold_trials < 1:
             raise ConfigError(
                 "kalman_force_error_threshold must be ≥ 0 (0: force components at random) and "
@@ -694,6 +690,15 @@ class _TorchModel:
         strain = frame.jacobian.strain / frame.n_atoms
         return self._linear_in_dedg(frame, lambda n: strain[:, :, :n], frame.values.shape[1])
 
+    def strains(self, frame: _Frame) -> torch.Tensor:
+        """∂E/∂ε per atom (6,) eV/atom, Voigt, of a frame with strain rows, differentiable
+        in the weights (Adam's stress term)."""
+        g = torch.from_numpy(frame.values).requires_grad_(True)
+        atom_e = self._atom_energies(g, frame.symbols)
+        (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=True)
+        strain = frame.jacobian.strain[:, :, : dedg.shape[1]] / frame.n_atoms
+        return (strain * dedg).sum(dim=(1, 2))
+
     def _linear_in_dedg(
         self, frame: _Frame, rows_of: Any, n_functions: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -840,6 +845,12 @@ def _epoch_adam(
             loss = loss + s.force_weight * (df**2).mean()
             sf += float((df.detach() ** 2).sum())
             n_comp += df.numel()
+        strained = [f for f in batch if f.strain_eV_per_atom is not None] if s.stress_weight else []
+        if strained:
+            ds = torch.stack(
+                [tm.strains(f) - torch.from_numpy(f.strain_eV_per_atom) for f in strained]
+            )
+            loss = loss + s.stress_weight * (ds**2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
