@@ -89,7 +89,9 @@ def _settings(args, **kw):
         optimizer=args.optimizer,
         epochs=args.epochs,
         seed=args.seed,
-        energy_weight=1.0 if args.optimizer == "kalman" else args.energy_weight,
+        energy_weight=args.kalman_energy_weight
+        if args.optimizer == "kalman"
+        else args.energy_weight,
         force_weight=1.0,
         batch_size_frames=args.batch,
         learning_rate=args.learning_rate,
@@ -149,6 +151,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="frames per Adam step")
     ap.add_argument("--energy-weight", type=float, default=100.0, help="Adam's energy weight")
     ap.add_argument("--force-fraction", type=float, default=0.02, help="Kalman force components")
+    ap.add_argument(
+        "--kalman-energy-weight", type=float, default=1.0,
+        help="Kalman: scale of the energy observations (the filter then trusts them more, as "
+        "a smaller noise would); the quick preset uses 100",
+    )  # fmt: skip
     ap.add_argument(
         "--force-threshold", type=float, default=0.0,
         help="Kalman: n2p2's force error threshold (0: components at random)",
@@ -216,7 +223,9 @@ def main() -> None:
         "test_frames": len(test_set),
         "optimizer": args.optimizer,
         "schedule": args.schedule if args.optimizer == "adam" else None,
-        "energy_weight": args.energy_weight if args.optimizer == "adam" else 1.0,
+        "energy_weight": args.energy_weight
+        if args.optimizer == "adam"
+        else args.kalman_energy_weight,
         "energy_weight_late": args.energy_weight_late,
         "members": args.members,
         "zbl_baseline_A": args.zbl,
