@@ -21,6 +21,7 @@ from nnprefine.training import (
     _learning_rate,
     _over_threshold,
     _prepare,
+    _prepare_sets,
     _set_offsets,
     _test_set_selects,
     _TorchModel,
@@ -510,9 +511,11 @@ def _energy_under_strain(energy_of, atoms, c: int, delta: float) -> float:
     return energy_of(deformed)
 
 
-def test_strain_rows_give_the_strain_derivative_of_the_energy(sfset):
-    """∂E/∂ε from the cached strain rows (and the ZBL baseline's pair sum) against central
-    differences of the energy under each of the six Voigt strains."""
+@pytest.mark.parametrize("layout", ["dense", "pairs", "on the fly"])
+def test_strain_rows_give_the_strain_derivative_of_the_energy(sfset, layout):
+    """∂E/∂ε from the strain rows (frames in either cache layout or on the fly), and from
+    the ZBL baseline's pair sum, against central differences of the energy under each of
+    the six Voigt strains."""
     from nnprefine.model import ZBLBaseline
 
     atoms = bulk("Be", "hcp", a=2.24, c=3.60).repeat((2, 2, 2))
@@ -521,8 +524,10 @@ def test_strain_rows_give_the_strain_derivative_of_the_energy(sfset):
         atoms, energy=0.0, forces=np.zeros((16, 3)), stress=np.zeros(6)
     )
     pot = NNPotential(sfset, hidden=(5,), seed=4)
-    (frame,) = _prepare([atoms], pot, 1.0, _JacobianBudget(2**30, "float64"), with_stress=True)
-    assert frame.strain_eV_per_atom is not None and frame.jacobian.strain is not None
+    budget = None if layout == "on the fly" else _JacobianBudget(2**30, "float64", layout)
+    (frame,) = _prepare([atoms], pot, 1.0, budget, with_stress=True)
+    assert (frame.jacobian is None) == (budget is None)
+    assert frame.strain_eV_per_atom is not None and frame.strain_rows is not None
     values, h = _TorchModel(pot).strain_components(frame)
     assert h.shape == (sum(p.numel() for p in _TorchModel(pot).params), 6)
 
@@ -561,6 +566,59 @@ def test_strain_rows_give_the_strain_derivative_of_the_energy(sfset):
 
     np.testing.assert_allclose([strain[a, b] for a, b in _VOIGT], fd, rtol=1e-6, atol=1e-6)
     assert np.abs(fd).max() > 1.0
+
+
+def test_strain_targets_are_the_reference_strain_derivative_minus_the_baseline(sfset):
+    """N × the target + the ZBL baseline's ∂E/∂ε equals the central difference of the
+    reference's own energy under strain (sign, volume, Voigt order of the label path); the
+    test frames get no targets, and frames without a stress none either."""
+    from nnprefine.model import ZBLBaseline
+    from nnprefine.reference import SnapReference, label_frame
+    from nnprefine.training import _VOIGT
+
+    atoms = bulk("Be", "hcp", a=2.0, c=3.3).repeat((2, 2, 2))  # pairs inside the ZBL switch
+    atoms.rattle(0.05, seed=6)
+    labelled = label_frame(atoms, "builtin-snap")
+    pot = NNPotential(sfset, hidden=(4,), seed=2, baseline=ZBLBaseline(1.0, 2.0))
+    budget = _JacobianBudget(2**30, "float64")
+    (frame,) = _prepare([labelled], pot, 1.0, budget, with_stress=True)
+    s_b = pot.baseline.energy_forces_virial(atoms)[2]
+    total = frame.strain_eV_per_atom * len(atoms) + [s_b[a, b] for a, b in _VOIGT]
+    snap = SnapReference()
+
+    def ref_energy(a):
+        a.calc = snap
+        return a.get_potential_energy()
+
+    d = 1e-5
+    fd = [
+        (
+            _energy_under_strain(ref_energy, atoms, c, d)
+            - _energy_under_strain(ref_energy, atoms, c, -d)
+        )
+        / (2 * d)
+        for c in range(6)
+    ]
+    np.testing.assert_allclose(total, fd, rtol=1e-5, atol=1e-5)
+    assert np.abs([s_b[a, b] for a, b in _VOIGT]).max() > 1e-2  # the baseline takes part
+    train_set, test_set, _ = _prepare_sets([labelled], [labelled], pot, _quick(stress_weight=1.0))
+    assert train_set[0].strain_eV_per_atom is not None and test_set[0].strain_eV_per_atom is None
+    no_stress = labelled.copy()
+    no_stress.calc = SinglePointCalculator(
+        no_stress, energy=labelled.get_potential_energy(), forces=labelled.get_forces()
+    )
+    (plain,) = _prepare([no_stress], pot, 1.0, budget, with_stress=True)
+    assert plain.strain_eV_per_atom is None and plain.strain_rows is None
+
+
+def test_resume_accepts_settings_saved_before_a_key_existed(tmp_path):
+    from nnprefine.training import _check_resume_settings
+
+    saved = _quick(optimizer="kalman").to_dict()
+    del saved["stress_weight"]  # a checkpoint written before the key existed
+    _check_resume_settings(saved, _quick(optimizer="kalman"), tmp_path)
+    with pytest.raises(ConfigError, match="stress_weight: 0.0 -> 1.0"):
+        _check_resume_settings(saved, _quick(optimizer="kalman", stress_weight=1.0), tmp_path)
 
 
 def _strain_rmse(pot, frames) -> float:

@@ -91,8 +91,9 @@ class TrainingSettings:
     energy_weight: float = 1.0
     force_weight: float = 1.0
     #: weight of the strain derivative per atom, V·σ/N (eV/atom), of frames periodic in
-    #: all three directions whose labels hold a stress (0: stress not used; frames in the
-    #: Jacobian cache only). It pins the slope of E(V), so the lattice constants
+    #: all three directions whose labels hold a stress (0: stress not used). It pins the
+    #: slope of E(V), so the lattice constants. Not part of the test loss (model selection
+    #: and early stop judge energies and forces)
     stress_weight: float = 0.0
     seed: int = 0
     #: stop when the test loss has not improved for this many epochs
@@ -305,10 +306,6 @@ class _PairJacobian:
       entries beyond every cutoff are dropped.
 
     In Å⁻¹ times the unit of G; dtype float32 or float64 (``jacobian_dtype``).
-
-    ``strain`` (6, n_atoms, max_functions) float64, if asked for: ∂G_ig/∂ε_c for the Voigt
-    strains c = xx, yy, zz, yz, xz, xy, i.e. Σ_p d_p,a ∂G_i/∂d_p,b over i's entries p, so
-    that ∂E/∂ε_c = Σ_ig dedg_ig strain_cig (and ASE's stress is that over the volume).
     """
 
     n_atoms: int
@@ -316,7 +313,6 @@ class _PairJacobian:
     centre: torch.Tensor | None = None
     neighbour: torch.Tensor | None = None
     blocks: torch.Tensor | None = None
-    strain: torch.Tensor | None = None
 
     @classmethod
     def of(
@@ -326,26 +322,16 @@ class _PairJacobian:
         nb: Neighbours,
         dtype: str,
         layout: str = "auto",
-        with_strain: bool = False,
     ) -> tuple[np.ndarray, _PairJacobian]:
         """G (n_atoms, max_functions) float64 and the cached Jacobian of ``atoms``.
 
         layout: "dense", "pairs", or "auto" (the smaller: dense when n_atoms² ≤ pairs).
-        with_strain: also the strain rows (see the class docstring).
         """
         values, blocks = d.jacobian(atoms, neighbours=nb)
         n, nf = values.shape
         centre = np.repeat(np.arange(n), np.diff(nb.offsets))
         keep = np.flatnonzero(np.abs(blocks).reshape(len(blocks), -1).max(axis=1) > 0.0)
         centre, neighbour, blocks = centre[keep], nb.j[keep], blocks[keep]
-        strain = None
-        if with_strain:
-            pos = np.asarray(atoms.positions, dtype=np.float64)
-            vec = pos[neighbour] - pos[centre] + nb.shift[keep] @ atoms.cell.array
-            rows = np.zeros((6, n, nf))
-            for c, (a, b) in enumerate(_VOIGT):
-                np.add.at(rows[c], centre, vec[:, a, None] * blocks[:, :, b])
-            strain = torch.from_numpy(rows)
         if layout == "dense" or (layout == "auto" and n * n <= len(keep)):
             # ∂G_i/∂r_j = Σ_{p: i→j} B_p, ∂G_i/∂r_i = −Σ_p B_p: one sparse one-hot product
             p = len(keep)
@@ -355,18 +341,17 @@ class _PairJacobian:
             )
             dense = (onehot @ blocks.reshape(p, -1)).reshape(n, n, nf, 3).transpose(0, 2, 1, 3)
             matrix = torch.from_numpy(dense.reshape(n * nf, 3 * n).astype(dtype))
-            return values, cls(n, matrix=matrix, strain=strain)
+            return values, cls(n, matrix=matrix)
         return values, cls(
             n,
             centre=torch.from_numpy(centre),
             neighbour=torch.from_numpy(np.ascontiguousarray(neighbour)),
             blocks=torch.from_numpy(np.ascontiguousarray(blocks.transpose(0, 2, 1), dtype=dtype)),
-            strain=strain,
         )
 
     @property
     def nbytes(self) -> int:
-        parts = (self.matrix, self.centre, self.neighbour, self.blocks, self.strain)
+        parts = (self.matrix, self.centre, self.neighbour, self.blocks)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     def rows(self, components: torch.Tensor, n_functions: int) -> torch.Tensor:
@@ -405,6 +390,22 @@ class _PairJacobian:
         return zeros.index_add(0, self.centre, h).index_add(0, self.neighbour, -h)
 
 
+def _strain_rows(d: Descriptor, atoms: Atoms, nb: Neighbours) -> torch.Tensor:
+    """∂G_ig/∂ε_c (6, n_atoms, max_functions) float64 for the Voigt strains c = xx, yy, zz,
+    yz, xz, xy: Σ_p d_p,a ∂G_i/∂d_p,b over i's neighbour entries p (d_p = r_j − r_i +
+    S·cell), so that ∂E/∂ε_c = Σ_ig dedg_ig rows_cig and ASE's stress is that over the
+    volume. One Jacobian pass; meant for the few small periodic frames with a stress."""
+    values, blocks = d.jacobian(atoms, neighbours=nb)
+    n, nf = values.shape
+    centre = np.repeat(np.arange(n), np.diff(nb.offsets))
+    pos = np.asarray(atoms.positions, dtype=np.float64)
+    vec = pos[nb.j] - pos[centre] + nb.shift @ atoms.cell.array
+    rows = np.zeros((6, n, nf))
+    for c, (a, b) in enumerate(_VOIGT):
+        np.add.at(rows[c], centre, vec[:, a, None] * blocks[:, :, b])
+    return torch.from_numpy(rows)
+
+
 @dataclass
 class _Frame:
     """A training frame: cached G (n_atoms, max_functions), labels minus baseline, and
@@ -418,9 +419,10 @@ class _Frame:
     neighbours: Neighbours | None
     offset_eV: float = 0.0
     jacobian: _PairJacobian | None = None
-    #: target ∂E/∂ε per atom (6,) eV/atom, Voigt (V·σ/N of the label minus the baseline's),
-    #: for frames with a stress label and strain rows in their cached Jacobian
+    #: target ∂E/∂ε per atom (6,) eV/atom, Voigt (V·σ/N of the label minus the baseline's)
+    #: and the strain rows (:func:`_strain_rows`), for training frames with a stress label
     strain_eV_per_atom: np.ndarray | None = None
+    strain_rows: torch.Tensor | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -487,7 +489,8 @@ def _prepare(
     with_stress: bool = False,
 ) -> list[_Frame]:
     """Labels (minus the baseline), G, and a cached Jacobian while ``budget`` lasts; with
-    ``with_stress``, the strain target and rows of cached frames that have a stress."""
+    ``with_stress``, the strain target and rows of the frames that have a stress (cached
+    or not)."""
     from nnprefine.model import _symbols_check
 
     d = pot.descriptor
@@ -505,32 +508,27 @@ def _prepare(
         if budget is not None:
             nb0 = build_neighbours(plain, d.sfset.r_cut)
             if budget.estimate(nb0, d.n_functions_max) <= budget.bytes_left:
-                values, jac = _PairJacobian.of(
-                    d, plain, nb0, budget.dtype, budget.layout, with_strain=strain is not None
-                )
+                values, jac = _PairJacobian.of(d, plain, nb0, budget.dtype, budget.layout)
                 budget.bytes_left -= jac.nbytes
                 budget.bytes_used += jac.nbytes
                 budget.cached += 1
-                per_atom = None if strain is None else strain / len(plain)
-                out.append(
-                    _Frame(
-                        plain,
-                        symbols,
-                        values,
-                        energy,
-                        forces,
-                        None,
-                        jacobian=jac,
-                        strain_eV_per_atom=per_atom,
-                    )  # fmt: skip
-                )
+                out.append(_Frame(plain, symbols, values, energy, forces, None, jacobian=jac))
+                _add_strain(out[-1], strain, d, nb0)
                 continue
             budget.on_the_fly += 1
         nb = d.neighbours(plain)
         values = d.values(plain, neighbours=nb)
         keep = nb if _nbytes(nb) <= cache_limit_mib * 2**20 else None
         out.append(_Frame(plain, symbols, values, energy, forces, keep))
+        _add_strain(out[-1], strain, d, nb)
     return out
+
+
+def _add_strain(frame: _Frame, strain: np.ndarray | None, d: Descriptor, nb: Neighbours) -> None:
+    """Set the strain target (``strain`` = V·σ − ∂E_baseline/∂ε, eV) and rows of a frame."""
+    if strain is not None:
+        frame.strain_eV_per_atom = strain / frame.n_atoms
+        frame.strain_rows = _strain_rows(d, frame.atoms, nb)
 
 
 def _prepare_sets(
@@ -687,7 +685,7 @@ class _TorchModel:
     def strain_components(self, frame: _Frame) -> tuple[torch.Tensor, torch.Tensor]:
         """∂E/∂ε per atom (6,) eV/atom, Voigt, of a frame with strain rows, and its weight
         Jacobian (n_w, 6), as :meth:`force_components` does for forces."""
-        strain = frame.jacobian.strain / frame.n_atoms
+        strain = frame.strain_rows / frame.n_atoms
         return self._linear_in_dedg(frame, lambda n: strain[:, :, :n], frame.values.shape[1])
 
     def strains(self, frame: _Frame) -> torch.Tensor:
@@ -696,7 +694,7 @@ class _TorchModel:
         g = torch.from_numpy(frame.values).requires_grad_(True)
         atom_e = self._atom_energies(g, frame.symbols)
         (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=True)
-        strain = frame.jacobian.strain[:, :, : dedg.shape[1]] / frame.n_atoms
+        strain = frame.strain_rows[:, :, : dedg.shape[1]] / frame.n_atoms
         return (strain * dedg).sum(dim=(1, 2))
 
     def _linear_in_dedg(
