@@ -498,6 +498,18 @@ def test_labels_of_periodic_cells_carry_the_reference_stress_and_slabs_none():
     assert "stress" not in slab.calc.results
 
 
+def _strain_derivative_fd(energy_of, atoms, d: float = 1e-5) -> list[float]:
+    """∂E/∂ε_c (eV) for the six Voigt strains by central differences of ``energy_of``."""
+    return [
+        (
+            _energy_under_strain(energy_of, atoms, c, d)
+            - _energy_under_strain(energy_of, atoms, c, -d)
+        )
+        / (2 * d)
+        for c in range(6)
+    ]
+
+
 def _energy_under_strain(energy_of, atoms, c: int, delta: float) -> float:
     """Energy of ``atoms`` deformed by I + δ·sym(e_a e_bᵀ), (a, b) Voigt component c."""
     from nnprefine.training import _VOIGT
@@ -534,15 +546,7 @@ def test_strain_rows_give_the_strain_derivative_of_the_energy(sfset, layout):
     def nn_energy(a):
         return pot.energy_forces(a)[0]
 
-    d = 1e-5
-    fd = [
-        (
-            _energy_under_strain(nn_energy, atoms, c, d)
-            - _energy_under_strain(nn_energy, atoms, c, -d)
-        )
-        / (2 * d)
-        for c in range(6)
-    ]
+    fd = _strain_derivative_fd(nn_energy, atoms)
     np.testing.assert_allclose(values.numpy() * len(atoms), fd, rtol=1e-6, atol=1e-7)
     assert np.abs(fd).max() > 1e-2  # rattled: the shear parts are not zero either
 
@@ -554,14 +558,7 @@ def test_strain_rows_give_the_strain_derivative_of_the_energy(sfset, layout):
     def zbl_energy(a):
         return zbl.energy_forces(a)[0]
 
-    fd = [
-        (
-            _energy_under_strain(zbl_energy, tight, c, d)
-            - _energy_under_strain(zbl_energy, tight, c, -d)
-        )
-        / (2 * d)
-        for c in range(6)
-    ]
+    fd = _strain_derivative_fd(zbl_energy, tight)
     from nnprefine.training import _VOIGT
 
     np.testing.assert_allclose([strain[a, b] for a, b in _VOIGT], fd, rtol=1e-6, atol=1e-6)
@@ -590,15 +587,7 @@ def test_strain_targets_are_the_reference_strain_derivative_minus_the_baseline(s
         a.calc = snap
         return a.get_potential_energy()
 
-    d = 1e-5
-    fd = [
-        (
-            _energy_under_strain(ref_energy, atoms, c, d)
-            - _energy_under_strain(ref_energy, atoms, c, -d)
-        )
-        / (2 * d)
-        for c in range(6)
-    ]
+    fd = _strain_derivative_fd(ref_energy, atoms)
     np.testing.assert_allclose(total, fd, rtol=1e-5, atol=1e-5)
     assert np.abs([s_b[a, b] for a, b in _VOIGT]).max() > 1e-2  # the baseline takes part
     train_set, test_set, _ = _prepare_sets([labelled], [labelled], pot, _quick(stress_weight=1.0))

@@ -71,6 +71,7 @@ import numpy as np
 import scipy.sparse
 import torch
 from ase import Atoms
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from nnprefine._kalman import KALMAN_TYPES, GlobalKalmanFilter
 from nnprefine.common import atomic_path
@@ -316,12 +317,7 @@ class _PairJacobian:
 
     @classmethod
     def of(
-        cls,
-        d: Descriptor,
-        atoms: Atoms,
-        nb: Neighbours,
-        dtype: str,
-        layout: str = "auto",
+        cls, d: Descriptor, atoms: Atoms, nb: Neighbours, dtype: str, layout: str = "auto"
     ) -> tuple[np.ndarray, _PairJacobian]:
         """G (n_atoms, max_functions) float64 and the cached Jacobian of ``atoms``.
 
@@ -475,7 +471,7 @@ def _strain_label(atoms: Atoms) -> np.ndarray | None:
         return None
     stress = np.asarray(stress, dtype=np.float64)
     if stress.shape == (3, 3):
-        stress = np.array([stress[a, b] for a, b in _VOIGT])
+        stress = full_3x3_to_voigt_6_stress(stress)
     if stress.shape != (6,) or not np.isfinite(stress).all():
         return None
     return stress * atoms.get_volume()
@@ -504,7 +500,7 @@ def _prepare(
             e_b, f_b, s_b = pot.baseline.energy_forces_virial(plain)
             energy, forces = energy - e_b, forces - f_b
             if strain is not None:
-                strain = strain - np.array([s_b[a, b] for a, b in _VOIGT])
+                strain = strain - full_3x3_to_voigt_6_stress(s_b)
         if budget is not None:
             nb0 = build_neighbours(plain, d.sfset.r_cut)
             if budget.estimate(nb0, d.n_functions_max) <= budget.bytes_left:
@@ -679,32 +675,32 @@ class _TorchModel:
         ∂F_c/∂w is one batched backward pass of dedg through the networks (vmap over the m
         rows): the descriptor's sparse product is not differentiated m times.
         """
-        nf = frame.values.shape[1]
-        return self._linear_in_dedg(frame, lambda n: frame.jacobian.rows(components, n), nf)
+        return self._linear_in_dedg(frame, lambda n: frame.jacobian.rows(components, n))
 
     def strain_components(self, frame: _Frame) -> tuple[torch.Tensor, torch.Tensor]:
         """∂E/∂ε per atom (6,) eV/atom, Voigt, of a frame with strain rows, and its weight
         Jacobian (n_w, 6), as :meth:`force_components` does for forces."""
         strain = frame.strain_rows / frame.n_atoms
-        return self._linear_in_dedg(frame, lambda n: strain[:, :, :n], frame.values.shape[1])
+        return self._linear_in_dedg(frame, lambda n: strain[:, :, :n])
 
     def strains(self, frame: _Frame) -> torch.Tensor:
         """∂E/∂ε per atom (6,) eV/atom, Voigt, of a frame with strain rows, differentiable
         in the weights (Adam's stress term)."""
-        g = torch.from_numpy(frame.values).requires_grad_(True)
-        atom_e = self._atom_energies(g, frame.symbols)
-        (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=True)
+        dedg = self._dedg(frame)
         strain = frame.strain_rows[:, :, : dedg.shape[1]] / frame.n_atoms
         return (strain * dedg).sum(dim=(1, 2))
 
-    def _linear_in_dedg(
-        self, frame: _Frame, rows_of: Any, n_functions: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """y = Σ v·dedg for the m rows v = rows_of(n) (m, n_atoms, n) and ∂y/∂w (n_w, m),
-        in one batched backward pass of dedg through the networks."""
+    def _dedg(self, frame: _Frame) -> torch.Tensor:
+        """∂E/∂G (n_atoms, n_functions) eV of one frame, with its graph in the weights."""
         g = torch.from_numpy(frame.values).requires_grad_(True)
         atom_e = self._atom_energies(g, frame.symbols)
         (dedg,) = torch.autograd.grad(atom_e.sum(), g, create_graph=True)
+        return dedg
+
+    def _linear_in_dedg(self, frame: _Frame, rows_of: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """y = Σ v·dedg for the m rows v = rows_of(n) (m, n_atoms, n) and ∂y/∂w (n_w, m),
+        in one batched backward pass of dedg through the networks."""
+        dedg = self._dedg(frame)
         v = rows_of(dedg.shape[1])
         values = (v * dedg.detach()).sum(dim=(1, 2))
         gs = torch.autograd.grad(
@@ -887,8 +883,8 @@ def _epoch_kalman(
     picked = np.sort(rng.choice(sizes.sum(), size=n_pick, replace=False))
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     force_updates = int(np.count_nonzero(np.diff(np.searchsorted(picked, bounds))))
-    strained = [f for f in frames if f.strain_eV_per_atom is not None] if s.stress_weight else []
-    kf.start_epoch(epoch, len(frames) * (s.energy_weight > 0) + force_updates + len(strained))
+    strain_updates = sum(f.strain_eV_per_atom is not None for f in frames) if s.stress_weight else 0
+    kf.start_epoch(epoch, len(frames) * (s.energy_weight > 0) + force_updates + strain_updates)
     se = sf = 0.0
     n_comp = 0
     seen = [0.0, 0]  # Σ error², count of the threshold's candidates (eV²/Å²)
